@@ -59,3 +59,16 @@ class Relations:
 
     def __repr__(self) -> str:
         return f"Relations(num_instances={self.num_instances}, num_relations={self.num_relations})"
+
+
+def set_relation_predictions(instances, rel_pair_idxs: torch.Tensor, rel_scores: torch.Tensor) -> None:
+    """Attach relation predictions to a predicted ``Instances`` (in place).
+
+    ``rel_pair_idxs`` int64 [M, 2] (indices into the instances) and ``rel_scores`` [M, P] have M rows, not one
+    per box, so they bypass ``Instances.set``'s length check. They travel with ``.to()`` and ``get_fields()``;
+    an ``Instances`` carrying them must not be indexed or concatenated (that would mix up the pair indices).
+    """
+    if rel_pair_idxs.shape[0] != rel_scores.shape[0]:
+        raise ValueError(f"rel_pair_idxs has {rel_pair_idxs.shape[0]} rows but rel_scores {rel_scores.shape[0]}")
+    instances._fields["rel_pair_idxs"] = rel_pair_idxs
+    instances._fields["rel_scores"] = rel_scores

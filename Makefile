@@ -1,0 +1,24 @@
+# kern_d2: the two commands of the README, plus helpers. Every target installs what it needs first (idempotent).
+PY := .venv/bin/python
+
+.PHONY: install demo test test-gpu cuda-build bench clean
+
+install:
+	bash scripts/install.sh
+
+# The main job: toy dataset -> toy detector -> priors -> KERN PredCls -> evaluate KERN, FREQ, VRFC -> pictures.
+demo: install
+	$(PY) tools/run_toy_pipeline.py
+
+# The test suite (CPU).
+test: install
+	$(PY) -m pytest -q tests
+
+# Check that the CUDA kernels compile (nvcc needed; no GPU needed). Arch 9.0 = H100/H200.
+cuda-build: install
+	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} $(PY) setup.py -q build_ext \
+	  --build-temp build/cuda-check/temp --build-lib build/cuda-check/lib
+	@echo "cuda-build: CUDA kernels compiled"
+
+clean:
+	rm -rf build *.egg-info kern_d2/_C*.so

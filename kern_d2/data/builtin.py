@@ -1,0 +1,54 @@
+"""Builtin dataset names, registered on ``import kern_d2.data`` (like Detectron2's builtin.py).
+
+Root: ``$KERN_DATASETS`` (default ``datasets``, relative to the working directory).
+
+- ``vg150_train``, ``vg150_val``, ``vg150_test`` under ``<root>/vg/``: ``VG-SGG-with-attri.h5`` (the
+  Scene-Graph-Benchmark file most users have) if it exists, else ``VG-SGG.h5``; likewise
+  ``VG-SGG-dicts-with-attri.json`` / ``VG-SGG-dicts.json``; ``image_data.json``; images in ``VG_100K/``.
+  val = the first 5,000 train-split images.
+- ``toy_train``, ``toy_val``, ``toy_test`` under ``<root>/toy/`` (``tools/make_toy_dataset.py``), same file names
+  as VG (plain variant); val size from the h5's ``num_val_images`` attribute.
+
+The names are registered even when the files are absent; loading them then fails naming the missing file.
+"""
+import os
+
+from .vg import SPLITS, register_vg_sgg
+
+
+def _first_existing(folder: str, names) -> str:
+    """The first of ``names`` that exists in ``folder``, else the last one (named in the error on load)."""
+    for name in names:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return os.path.join(folder, names[-1])
+
+
+def register_vg150(root: str, prefix: str = "vg150", **kwargs):
+    """Register ``<prefix>_train/val/test`` for VG150 files in ``root`` (kwargs go to ``load_vg_sgg``)."""
+    h5_file = _first_existing(root, ("VG-SGG-with-attri.h5", "VG-SGG.h5"))
+    dicts_file = _first_existing(root, ("VG-SGG-dicts-with-attri.json", "VG-SGG-dicts.json"))
+    for split in SPLITS:
+        register_vg_sgg(
+            f"{prefix}_{split}", h5_file, dicts_file, os.path.join(root, "image_data.json"),
+            os.path.join(root, "VG_100K"), split, **kwargs,
+        )
+
+
+def register_toy(root: str, prefix: str = "toy", **kwargs):
+    """Register ``<prefix>_train/val/test`` for a toy dataset written by ``tools/make_toy_dataset.py`` in
+    ``root``."""
+    kwargs.setdefault("num_val_images", None)  # from the h5 attribute written by the generator
+    for split in SPLITS:
+        register_vg_sgg(
+            f"{prefix}_{split}", os.path.join(root, "VG-SGG.h5"), os.path.join(root, "VG-SGG-dicts.json"),
+            os.path.join(root, "image_data.json"), os.path.join(root, "VG_100K"), split, **kwargs,
+        )
+
+
+def register_all_builtin(root: str):
+    register_vg150(os.path.join(root, "vg"))
+    register_toy(os.path.join(root, "toy"))
+
+
+register_all_builtin(os.environ.get("KERN_DATASETS", "datasets"))

@@ -1,0 +1,32 @@
+"""Register an SGG dataset in Detectron2's catalogs, with class names read now or on first load."""
+import os
+from typing import Callable, List, Tuple
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+
+def set_sgg_classes(name: str, thing_classes: List[str], predicate_classes: List[str]):
+    """Store the class lists in ``MetadataCatalog.get(name)`` (a mismatch with earlier values raises)."""
+    MetadataCatalog.get(name).set(thing_classes=list(thing_classes), predicate_classes=list(predicate_classes))
+
+
+def register_sgg_dataset(
+    name: str,
+    load: Callable[[], List[dict]],
+    read_classes: Callable[[], Tuple[List[str], List[str]]],
+    classes_file: str,
+    metadata: dict,
+):
+    """``load`` builds the dataset dicts; ``read_classes`` returns (thing_classes, predicate_classes) from
+    ``classes_file``. The classes are read at registration when that file exists (so a model can be built from
+    the metadata before any data is loaded), else on first load: builtin names are registered even when their
+    files are absent."""
+
+    def load_and_set_classes():
+        set_sgg_classes(name, *read_classes())
+        return load()
+
+    DatasetCatalog.register(name, load_and_set_classes)
+    MetadataCatalog.get(name).set(evaluator_type="sgg", **metadata)
+    if os.path.isfile(classes_file):
+        set_sgg_classes(name, *read_classes())

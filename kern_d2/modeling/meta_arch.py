@@ -1,0 +1,91 @@
+"""``SceneGraphRCNN``: Detectron2's GeneralizedRCNN for scene graphs (``MODEL.META_ARCHITECTURE: SceneGraphRCNN``).
+
+Differences from GeneralizedRCNN: the gt boxes reach the ROI heads at test time too (PredCls/SGCls score
+relations between given boxes), the RPN is skipped when the gt boxes are the objects, the frozen detector
+stays in eval mode and out of autograd, and post-processing rescales boxes without dropping any (the
+relation fields index the boxes).
+"""
+from typing import Dict, List
+
+import torch
+
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.structures import Instances
+
+from .roi_heads import sgg_mode
+
+
+@META_ARCH_REGISTRY.register()
+class SceneGraphRCNN(GeneralizedRCNN):
+    def __init__(self, cfg):
+        super().__init__(**GeneralizedRCNN.from_config(cfg))
+        rel = cfg.MODEL.ROI_RELATION_HEAD
+        self.sgg_mode = sgg_mode(rel.USE_GT_BOX, rel.USE_GT_OBJECT_LABEL)
+        self.freeze_detector = rel.FREEZE_DETECTOR
+        if self.freeze_detector:
+            for module in self._detector_modules():
+                for param in module.parameters():
+                    param.requires_grad_(False)
+
+    def _detector_modules(self) -> List[torch.nn.Module]:
+        modules = [self.backbone, self.roi_heads.box_head, self.roi_heads.box_predictor]
+        if self.proposal_generator is not None:
+            modules.append(self.proposal_generator)
+        return modules
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_detector:
+            for module in self._detector_modules():
+                module.eval()
+        return self
+
+    def _gt_instances(self, batched_inputs) -> List[Instances]:
+        missing = [x.get("file_name", x.get("image_id", "?")) for x in batched_inputs if "instances" not in x]
+        if missing:
+            raise ValueError(
+                f"{self.sgg_mode} needs gt boxes ('instances') for every image; missing for: {missing[:5]}"
+            )
+        return [x["instances"].to(self.device) for x in batched_inputs]
+
+    def _features_and_proposals(self, batched_inputs):
+        images = self.preprocess_image(batched_inputs)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_detector):
+            features = self.backbone(images.tensor)
+            proposals = None
+            if self.sgg_mode == "sgdet":
+                if self.proposal_generator is None:
+                    raise ValueError("SGDet needs a proposal generator (MODEL.PROPOSAL_GENERATOR)")
+                proposals, _ = self.proposal_generator(images, features, None)
+        return images, features, proposals
+
+    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        gt_instances = self._gt_instances(batched_inputs)
+        images, features, proposals = self._features_and_proposals(batched_inputs)
+        _, losses = self.roi_heads(images, features, proposals, gt_instances)
+        return losses
+
+    def inference(self, batched_inputs, detected_instances=None, do_postprocess: bool = True):
+        assert not self.training
+        gt_instances = self._gt_instances(batched_inputs) if self.sgg_mode != "sgdet" else None
+        images, features, proposals = self._features_and_proposals(batched_inputs)
+        results, _ = self.roi_heads(images, features, proposals, gt_instances)
+        if not do_postprocess:
+            return results
+        return [
+            {"instances": rescale_predictions(r, x.get("height", size[0]), x.get("width", size[1]))}
+            for r, x, size in zip(results, batched_inputs, images.image_sizes)
+        ]
+
+
+def rescale_predictions(instances: Instances, height: int, width: int) -> Instances:
+    """Scale ``pred_boxes`` from the network's input size to (height, width) and clip; keeps every box."""
+    scale_x, scale_y = width / instances.image_size[1], height / instances.image_size[0]
+    result = Instances((height, width))
+    for name, value in instances.get_fields().items():
+        result._fields[name] = value
+    result.pred_boxes.scale(scale_x, scale_y)
+    result.pred_boxes.clip(result.image_size)
+    return result

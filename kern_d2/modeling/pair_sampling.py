@@ -1,0 +1,74 @@
+"""Candidate pairs, their relation labels, and the training sample of pairs (per image)."""
+from typing import Tuple
+
+import torch
+
+from detectron2.structures import Boxes, pairwise_intersection, pairwise_iou
+
+
+def all_ordered_pairs(num_boxes: int, device: torch.device) -> torch.Tensor:
+    """All ordered pairs (i, j), i != j, of ``num_boxes`` boxes: int64 [n(n-1), 2], row-major."""
+    index = torch.arange(num_boxes, device=device)
+    subj, obj = torch.meshgrid(index, index, indexing="ij")
+    keep = subj != obj
+    return torch.stack([subj[keep], obj[keep]], dim=1)
+
+
+def overlapping(boxes: Boxes, pairs: torch.Tensor) -> torch.Tensor:
+    """bool [M]: whether the two boxes of each pair intersect with positive area."""
+    if pairs.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool, device=pairs.device)
+    inter = pairwise_intersection(boxes, boxes)
+    return inter[pairs[:, 0], pairs[:, 1]] > 0
+
+
+def gt_pair_labels(num_boxes: int, gt_relations: torch.Tensor) -> torch.Tensor:
+    """int64 [N, N] predicate of each gt box pair (0 = no relation) from rows (subject, object, predicate).
+
+    A pair listed with several predicates keeps one of them (the mapper samples one per epoch in training).
+    """
+    labels = torch.zeros(num_boxes, num_boxes, dtype=torch.int64, device=gt_relations.device)
+    labels[gt_relations[:, 0], gt_relations[:, 1]] = gt_relations[:, 2]
+    return labels
+
+
+def detected_pair_labels(
+    det_boxes: Boxes,
+    det_classes: torch.Tensor,
+    gt_boxes: Boxes,
+    gt_classes: torch.Tensor,
+    gt_relations: torch.Tensor,
+    iou_threshold: float,
+) -> torch.Tensor:
+    """int64 [N, N] predicate of each detected pair: a pair is foreground for a gt relation (s, o, p) when the
+    subject box has IoU >= ``iou_threshold`` with gt box s and the same label, and likewise the object with o.
+    Several matching gt relations: one of them, chosen at random."""
+    num_det = len(det_boxes)
+    if gt_relations.numel() == 0 or num_det == 0:
+        return torch.zeros(num_det, num_det, dtype=torch.int64, device=det_classes.device)
+    match = (pairwise_iou(det_boxes, gt_boxes) >= iou_threshold) & (det_classes[:, None] == gt_classes[None, :])
+    subj_match = match[:, gt_relations[:, 0]]  # [N, R]
+    obj_match = match[:, gt_relations[:, 1]]  # [N, R]
+    both = subj_match.t()[:, :, None] & obj_match.t()[:, None, :]  # [R, N, N]
+    priority = torch.rand(gt_relations.shape[0], 1, 1, device=both.device) + 1.0
+    chosen = (both * priority).argmax(dim=0)  # [N, N] index of a matching relation
+    labels = gt_relations[chosen, 2]
+    return torch.where(both.any(dim=0), labels, torch.zeros_like(labels))
+
+
+def sample_pairs(
+    pairs: torch.Tensor, labels: torch.Tensor, batch_size: int, positive_fraction: float
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sample at most ``batch_size`` pairs, at most ``positive_fraction`` of them foreground (label > 0).
+
+    pairs [M, 2], labels [M] -> (pairs [S, 2], labels [S]); as Detectron2's ``subsample_labels``, background
+    fills the places foreground leaves free.
+    """
+    foreground = torch.nonzero(labels > 0).squeeze(1)
+    background = torch.nonzero(labels == 0).squeeze(1)
+    num_fg = min(int(batch_size * positive_fraction), foreground.numel())
+    num_bg = min(batch_size - num_fg, background.numel())
+    fg_pick = foreground[torch.randperm(foreground.numel(), device=pairs.device)[:num_fg]]
+    bg_pick = background[torch.randperm(background.numel(), device=pairs.device)[:num_bg]]
+    keep = torch.cat([fg_pick, bg_pick])
+    return pairs[keep], labels[keep]

@@ -1,0 +1,340 @@
+"""KERN's knowledge priors: object co-occurrence A_obj [C, C] and predicate prior A_rel [C, C, P].
+
+- ``A_obj[i, j] = P(object j present | object i present)`` over the training images (``compute_priors``).
+- ``A_rel[s, o, k] = p(predicate k | subject class s, object class o)``: gt relation counts for k >= 1, and for
+  k = 0 ("no relation") the number of ordered pairs of overlapping gt boxes that carry no relation; +1 on every
+  entry, then each (s, o) row normalised to sum 1.
+
+They are saved as a pickle-free .npz (``save_priors``/``load_priors``) and held by ``KnowledgePriors`` as buffers, so
+that Detectron2 checkpoints carry them.
+"""
+import os
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from detectron2.structures import BoxMode
+from detectron2.utils.file_io import PathManager
+
+__all__ = ["compute_priors", "save_priors", "load_priors", "KnowledgePriors"]
+
+# Pair enumeration for column 0 runs over chunks of images holding about this many ordered box pairs.
+_PAIRS_PER_CHUNK = 1 << 21
+
+
+def _image_name(d: dict, index: int) -> str:
+    return str(d.get("file_name", d.get("image_id", f"#{index}")))
+
+
+def _gather(dataset_dicts: Sequence[dict], num_classes: int, num_predicates: int):
+    """Concatenate every image's boxes, classes and relations (relations in global box indices)."""
+    classes, boxes, relations, boxes_per_image = [], [], [], []
+    offset = 0
+    for index, d in enumerate(dataset_dicts):
+        annotations = d.get("annotations", [])
+        image_classes = np.array([a["category_id"] for a in annotations], dtype=np.int64)
+        image_boxes = np.array([_xyxy(a) for a in annotations], dtype=np.float64).reshape(-1, 4)
+        rels = np.asarray(d.get("relations", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
+        n = len(annotations)
+        if image_classes.size and (image_classes.min() < 0 or image_classes.max() >= num_classes):
+            raise ValueError(
+                f"compute_priors: image {_image_name(d, index)} has category_id outside [0, {num_classes}): "
+                f"{sorted(set(image_classes[(image_classes < 0) | (image_classes >= num_classes)].tolist()))}"
+            )
+        if rels.size and (rels[:, :2].min() < 0 or rels[:, :2].max() >= n):
+            raise ValueError(
+                f"compute_priors: image {_image_name(d, index)} has a relation whose subject/object index is "
+                f"outside [0, {n}) (it has {n} annotations)"
+            )
+        if rels.size and (rels[:, 2].min() < 1 or rels[:, 2].max() >= num_predicates):
+            raise ValueError(
+                f"compute_priors: image {_image_name(d, index)} has a predicate outside [1, {num_predicates}) "
+                "(0 is 'no relation' and may not be annotated)"
+            )
+        classes.append(image_classes)
+        boxes.append(image_boxes)
+        relations.append(rels + np.array([offset, offset, 0]))
+        boxes_per_image.append(n)
+        offset += n
+    cat = lambda parts, shape: np.concatenate(parts) if parts else np.zeros(shape)  # noqa: E731
+    return (
+        cat(classes, (0,)).astype(np.int64),
+        cat(boxes, (0, 4)).astype(np.float64),
+        cat(relations, (0, 3)).astype(np.int64),
+        np.array(boxes_per_image, dtype=np.int64),
+    )
+
+
+def _xyxy(annotation: dict) -> List[float]:
+    mode = annotation.get("bbox_mode", BoxMode.XYXY_ABS)
+    if mode == BoxMode.XYXY_ABS:
+        return annotation["bbox"]
+    return BoxMode.convert(list(annotation["bbox"]), mode, BoxMode.XYXY_ABS)
+
+
+def _cooccurrence(classes, image_of_box, num_images, num_classes, per_box_pair) -> np.ndarray:
+    counts = np.bincount(image_of_box * num_classes + classes, minlength=num_images * num_classes)
+    counts = counts.reshape(num_images, num_classes).astype(np.float64)  # boxes of class c in image m
+    if per_box_pair:
+        # Ordered pairs of distinct boxes (a, b) in one image with class(a) = i, class(b) = j, over boxes of class i.
+        numerator = counts.T @ counts
+        numerator[np.diag_indices(num_classes)] -= counts.sum(0)  # n_i (n_i - 1) pairs of distinct boxes
+        denominator = counts.sum(0)
+    else:
+        # Images with both i and j over images with i; diagonal: images with >= 2 instances of i over images with i.
+        present = (counts > 0).astype(np.float64)
+        numerator = present.T @ present
+        numerator[np.diag_indices(num_classes)] = (counts >= 2).sum(0)
+        denominator = present.sum(0)
+    return np.divide(numerator, denominator[:, None], out=np.zeros_like(numerator), where=denominator[:, None] > 0)
+
+
+def _unrelated_overlap_counts(classes, boxes, relations, boxes_per_image, num_classes) -> np.ndarray:
+    """[C, C] counts of ordered pairs of distinct boxes of one image that overlap (area > 0) and carry no relation."""
+    num_boxes = classes.shape[0]
+    counts = np.zeros(num_classes * num_classes, dtype=np.int64)
+    if num_boxes == 0:
+        return counts.reshape(num_classes, num_classes)
+    first_box = np.concatenate([[0], np.cumsum(boxes_per_image)[:-1]])
+    image_of_box = np.repeat(np.arange(boxes_per_image.shape[0]), boxes_per_image)
+    partners = boxes_per_image[image_of_box]  # candidate partners of each box: the boxes of its image
+    related = np.unique(relations[:, 0] * num_boxes + relations[:, 1])
+    pair_end = np.cumsum(partners)
+    start = 0
+    while start < num_boxes:
+        # Boxes [start, stop) with about _PAIRS_PER_CHUNK pairs (at least one box).
+        base = pair_end[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(pair_end, base + _PAIRS_PER_CHUNK, side="right")))
+        group = np.arange(start, stop)
+        subj = np.repeat(group, partners[group])
+        group_first_pair = np.repeat(np.cumsum(partners[group]) - partners[group], partners[group])
+        obj = first_box[image_of_box[subj]] + np.arange(subj.shape[0]) - group_first_pair
+        keep = subj != obj
+        subj, obj = subj[keep], obj[keep]
+        bs, bo = boxes[subj], boxes[obj]
+        overlap = (np.minimum(bs[:, 2], bo[:, 2]) > np.maximum(bs[:, 0], bo[:, 0])) & (
+            np.minimum(bs[:, 3], bo[:, 3]) > np.maximum(bs[:, 1], bo[:, 1])
+        )
+        subj, obj = subj[overlap], obj[overlap]
+        keys = subj * num_boxes + obj
+        position = np.searchsorted(related, keys).clip(max=max(related.shape[0] - 1, 0))
+        unrelated = related[position] != keys if related.size else np.ones(keys.shape, dtype=bool)
+        counts += np.bincount(
+            classes[subj[unrelated]] * num_classes + classes[obj[unrelated]], minlength=num_classes * num_classes
+        )
+        start = stop
+    return counts.reshape(num_classes, num_classes)
+
+
+def compute_priors(
+    dataset_dicts: Sequence[dict], num_classes: int, num_predicates: int, per_box_pair: bool = False
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Knowledge priors of a dataset (Detectron2 dicts with ``annotations`` and ``relations``).
+
+    Args:
+        dataset_dicts: the training images.
+        num_classes: C. num_predicates: P, including 0 = "no relation".
+        per_box_pair: count co-occurrence per box pair instead of per distinct class pair (see below).
+    Returns:
+        obj_cooccurrence float32 [C, C] and rel_prior float32 [C, C, P].
+
+    Co-occurrence, default (per distinct class pair): A[i, j] = (#images containing i and j) / (#images containing
+    i) for i != j, and A[i, i] = (#images with at least 2 instances of i) / (#images containing i), i.e. the
+    probability that another instance of i is present. With ``per_box_pair``: A[i, j] = (#ordered pairs of distinct
+    boxes (a, b) in one image with class(a) = i, class(b) = j) / (#boxes of class i), i.e. the mean number of other
+    j boxes in the image of an i box (can exceed 1). KERN's released code meant this per-box count, but its loop
+    takes the labels of the first K boxes of an image (K = its number of distinct classes) and divides by images;
+    that quirk is not reproduced. Rows of classes that never occur are 0.
+
+    Predicate prior: counts[s, o, k] = number of gt relation rows (s, o, k), k >= 1, duplicates included;
+    counts[s, o, 0] = number of ordered pairs of distinct gt boxes (subject class s, object class o) whose boxes
+    intersect with positive area and that have no gt relation; rel_prior = (counts + 1) / sum_k (counts + 1).
+    (The released code put every overlapping pair in column 0, related or not, and smoothed only that column.)
+    """
+    classes, boxes, relations, boxes_per_image = _gather(dataset_dicts, num_classes, num_predicates)
+    num_images = boxes_per_image.shape[0]
+    image_of_box = np.repeat(np.arange(num_images), boxes_per_image)
+    cooccurrence = _cooccurrence(classes, image_of_box, num_images, num_classes, per_box_pair)
+
+    relation_keys = (classes[relations[:, 0]] * num_classes + classes[relations[:, 1]]) * num_predicates
+    counts = np.bincount(relation_keys + relations[:, 2], minlength=num_classes * num_classes * num_predicates)
+    counts = counts.reshape(num_classes, num_classes, num_predicates).astype(np.float64)
+    counts[:, :, 0] = _unrelated_overlap_counts(classes, boxes, relations, boxes_per_image, num_classes)
+    counts += 1.0
+    rel_prior = counts / counts.sum(axis=2, keepdims=True)
+    return cooccurrence.astype(np.float32), rel_prior.astype(np.float32)
+
+
+def _check_priors(obj_cooccurrence, rel_prior, thing_classes, predicate_classes, where: str) -> None:
+    c = obj_cooccurrence.shape[0] if obj_cooccurrence.ndim == 2 else -1
+    if obj_cooccurrence.shape != (c, c):
+        raise ValueError(f"{where}: obj_cooccurrence must be [C, C], got {obj_cooccurrence.shape}")
+    if rel_prior.ndim != 3 or rel_prior.shape[:2] != (c, c):
+        raise ValueError(f"{where}: rel_prior must be [C, C, P] with C = {c}, got {rel_prior.shape}")
+    if len(thing_classes) != c or len(predicate_classes) != rel_prior.shape[2]:
+        raise ValueError(
+            f"{where}: {len(thing_classes)} thing_classes and {len(predicate_classes)} predicate_classes for "
+            f"matrices of {c} classes and {rel_prior.shape[2]} predicates"
+        )
+    for name, array in (("obj_cooccurrence", obj_cooccurrence), ("rel_prior", rel_prior)):
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{where}: {name} has non-finite values")
+
+
+def save_priors(
+    path: str,
+    obj_cooccurrence: np.ndarray,
+    rel_prior: np.ndarray,
+    thing_classes: Sequence[str],
+    predicate_classes: Sequence[str],
+) -> None:
+    """Write the priors to ``path`` (.npz, no pickle) atomically: a temporary file renamed over ``path``."""
+    obj_cooccurrence = np.asarray(obj_cooccurrence, dtype=np.float32)
+    rel_prior = np.asarray(rel_prior, dtype=np.float32)
+    _check_priors(obj_cooccurrence, rel_prior, thing_classes, predicate_classes, f"save_priors({path})")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".priors-", suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f,
+                obj_cooccurrence=obj_cooccurrence,
+                rel_prior=rel_prior,
+                thing_classes=np.array([str(x) for x in thing_classes], dtype=np.str_),
+                predicate_classes=np.array([str(x) for x in predicate_classes], dtype=np.str_),
+            )
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def _check_names(path: str, kind: str, found: List[str], expected: Optional[Sequence[str]]) -> None:
+    if expected is None:
+        return
+    expected = [str(x) for x in expected]
+    if len(found) != len(expected):
+        raise ValueError(f"priors file {path}: {len(found)} {kind} but the dataset has {len(expected)}")
+    for index, (a, b) in enumerate(zip(found, expected)):
+        if a != b:
+            raise ValueError(f"priors file {path}: {kind}[{index}] is {a!r} but the dataset's is {b!r}")
+
+
+def load_priors(
+    path: str, thing_classes: Optional[Sequence[str]] = None, predicate_classes: Optional[Sequence[str]] = None
+) -> Dict[str, object]:
+    """Read a priors .npz (no pickle). Returns ``obj_cooccurrence``, ``rel_prior`` (float32 arrays),
+    ``thing_classes``, ``predicate_classes`` (lists of str). Given names must match the file's exactly."""
+    with PathManager.open(path, "rb") as f:
+        with np.load(f, allow_pickle=False) as data:
+            missing = {"obj_cooccurrence", "rel_prior", "thing_classes", "predicate_classes"} - set(data.files)
+            if missing:
+                raise ValueError(f"priors file {path}: missing arrays {sorted(missing)}")
+            priors = {
+                "obj_cooccurrence": data["obj_cooccurrence"].astype(np.float32),
+                "rel_prior": data["rel_prior"].astype(np.float32),
+                "thing_classes": [str(x) for x in data["thing_classes"]],
+                "predicate_classes": [str(x) for x in data["predicate_classes"]],
+            }
+    _check_priors(
+        priors["obj_cooccurrence"], priors["rel_prior"], priors["thing_classes"], priors["predicate_classes"],
+        f"priors file {path}",
+    )
+    _check_names(path, "thing_classes", priors["thing_classes"], thing_classes)
+    _check_names(path, "predicate_classes", priors["predicate_classes"], predicate_classes)
+    return priors
+
+
+class KnowledgePriors(nn.Module):
+    """The priors as persistent buffers: ``obj_cooccurrence`` [C, C], ``rel_prior`` [C, C, P], and ``sizes`` =
+    (C, P) int64 [2], whose fixed shape lets a checkpoint of another class count fail loudly on load (Detectron2's
+    checkpointer skips tensors of mismatched shapes with only a warning).
+    Build with ``from_file``, ``uniform`` (the no-priors ablation) or ``empty`` (to be filled by a checkpoint)."""
+
+    def __init__(self, obj_cooccurrence: torch.Tensor, rel_prior: torch.Tensor, loaded: bool = True):
+        super().__init__()
+        c, p = rel_prior.shape[0], rel_prior.shape[2]
+        if obj_cooccurrence.shape != (c, c) or rel_prior.shape != (c, c, p):
+            raise ValueError(
+                f"KnowledgePriors: obj_cooccurrence {tuple(obj_cooccurrence.shape)} and rel_prior "
+                f"{tuple(rel_prior.shape)} must be [C, C] and [C, C, P]"
+            )
+        self.register_buffer("obj_cooccurrence", obj_cooccurrence.to(torch.float32).clone())
+        self.register_buffer("rel_prior", rel_prior.to(torch.float32).clone())
+        self.register_buffer("sizes", torch.tensor([c, p], dtype=torch.int64))
+        self._loaded = loaded
+
+    @property
+    def num_classes(self) -> int:
+        return self.obj_cooccurrence.shape[0]
+
+    @property
+    def num_predicates(self) -> int:
+        return self.rel_prior.shape[2]
+
+    @classmethod
+    def from_file(
+        cls, path: str, thing_classes: Optional[Sequence[str]] = None, predicate_classes: Optional[Sequence[str]] = None
+    ) -> "KnowledgePriors":
+        """Priors from a .npz of ``save_priors``; names, when given, must match the file's."""
+        priors = load_priors(path, thing_classes, predicate_classes)
+        return cls(torch.from_numpy(priors["obj_cooccurrence"]), torch.from_numpy(priors["rel_prior"]))
+
+    @classmethod
+    def uniform(cls, num_classes: int, num_predicates: int) -> "KnowledgePriors":
+        """The no-knowledge ablation: every co-occurrence 1/C and every predicate 1/P. Both matrices then have
+        rows summing to 1, so a node's message is the plain mean of its neighbours' states (no class preferred)."""
+        return cls(
+            torch.full((num_classes, num_classes), 1.0 / num_classes),
+            torch.full((num_classes, num_classes, num_predicates), 1.0 / num_predicates),
+        )
+
+    @classmethod
+    def empty(cls, num_classes: int, num_predicates: int) -> "KnowledgePriors":
+        """Zero buffers of the right shapes, for a model whose checkpoint brings the priors (see ``check_loaded``)."""
+        return cls(
+            torch.zeros(num_classes, num_classes), torch.zeros(num_classes, num_classes, num_predicates), loaded=False
+        )
+
+    def check_loaded(self) -> None:
+        """Raise unless the priors came from a file, ``uniform`` or a checkpoint (no device sync)."""
+        if not self._loaded:
+            raise RuntimeError(
+                f"KnowledgePriors ({self.num_classes} classes, {self.num_predicates} predicates) are empty: set "
+                "MODEL.ROI_RELATION_HEAD.PRIORS_FILE (make one with tools/compute_priors.py), turn "
+                "MODEL.ROI_RELATION_HEAD.USE_PRIORS off, or load a checkpoint of a KERN model, which carries them"
+            )
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
+        expected = {"sizes": (2,), "obj_cooccurrence": tuple(self.obj_cooccurrence.shape),
+                    "rel_prior": tuple(self.rel_prior.shape)}
+        found = {name: state_dict[prefix + name] for name in expected if prefix + name in state_dict}
+        counts = None
+        if "sizes" in found and tuple(found["sizes"].shape) == (2,):
+            counts = tuple(int(x) for x in found["sizes"])
+        elif "rel_prior" in found and found["rel_prior"].dim() == 3:
+            counts = (found["rel_prior"].shape[0], found["rel_prior"].shape[2])
+        wrong_counts = counts is not None and counts != (self.num_classes, self.num_predicates)
+        if wrong_counts or any(tuple(t.shape) != expected[name] for name, t in found.items()):
+            got = f"{counts[0]} classes and {counts[1]} predicates" if counts else "other shapes"
+            raise ValueError(
+                f"checkpoint priors ({prefix}*) have {got}, but the model has {self.num_classes} classes and "
+                f"{self.num_predicates} predicates (MODEL.ROI_HEADS.NUM_CLASSES, MODEL.ROI_RELATION_HEAD.NUM_PREDICATES)"
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+        if "obj_cooccurrence" in found and "rel_prior" in found:
+            self._loaded = True
+
+    def pair_prior(self, subj_labels: torch.Tensor, obj_labels: torch.Tensor) -> torch.Tensor:
+        """[R, P]: p(predicate | subject class, object class) of each pair (labels int64 [R])."""
+        return self.rel_prior[subj_labels, obj_labels]
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, num_predicates={self.num_predicates}, loaded={self._loaded}"

@@ -1,0 +1,138 @@
+"""KERN's relation routing: per candidate pair a GGNN over a subject node s, an object node o and P predicate nodes.
+
+Edges s -> k and o -> k weigh a_k = A_rel[label_s, label_o, k]. With messages [M^T h ; M h] (incoming ; outgoing):
+
+    predicate k:        [ a_k (h_s + h_o) ; 0 ]
+    subject and object: [ 0 ; sum_k a_k h_k ]
+
+The structure makes the W a terms cheap: for predicate nodes W [a_k m ; 0] = a_k (W_in m), one matmul per pair
+scaled per node; subject and object get the same message, one weighted sum and one matmul per pair. Only the
+U h terms are computed per node.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ggnn import GatedGraphUpdate
+
+__all__ = ["RelationRouting"]
+
+
+class RelationRouting(nn.Module):
+    """Relation logits [R, P] for R candidate pairs.
+
+    Args:
+        obj_dim: size of the subject/object features (one projection for both).
+        union_dim: size of the union-box features (projected to the predicate nodes' initial state).
+        num_predicates: P, including 0 = "no relation".
+        hidden_dim: D, the GGNN state size.
+        output_dim: size of each node's output o = ReLU(W_o [h_T ; h_0]).
+        num_steps: T, the number of propagation steps.
+        released_code_gate: reuse U_z in the reset gate, as KERN's released code does.
+    """
+
+    def __init__(
+        self,
+        obj_dim: int,
+        union_dim: int,
+        num_predicates: int,
+        hidden_dim: int = 512,
+        output_dim: int = 512,
+        num_steps: int = 3,
+        released_code_gate: bool = False,
+    ):
+        super().__init__()
+        self.num_predicates = num_predicates
+        self.hidden_dim = hidden_dim
+        self.num_steps = num_steps
+        self.object_proj = nn.Linear(obj_dim, hidden_dim)
+        self.union_proj = nn.Linear(union_dim, hidden_dim)
+        self.update = GatedGraphUpdate(hidden_dim, 2 * hidden_dim, released_code_gate)
+        self.output = nn.Linear(2 * hidden_dim, output_dim)  # W_o over [h_T ; h_0]
+        self.classifier = nn.Linear((num_predicates + 2) * output_dim, num_predicates)
+
+    @classmethod
+    def from_config(cls, cfg, obj_dim: int, union_dim: int) -> dict:
+        """Constructor arguments from a config with kern_d2's keys (``RelationRouting(**from_config(cfg, ...))``)."""
+        rel = cfg.MODEL.ROI_RELATION_HEAD
+        return {
+            "obj_dim": obj_dim,
+            "union_dim": union_dim,
+            "num_predicates": rel.NUM_PREDICATES,
+            "hidden_dim": rel.HIDDEN_DIM,
+            "output_dim": rel.OUTPUT_DIM,
+            "num_steps": rel.NUM_STEPS,
+            "released_code_gate": rel.RELEASED_CODE_GATE,
+        }
+
+    def _check_inputs(self, subj_features, obj_features, union_features, edge_weights):
+        r = subj_features.shape[0]
+        expected = {
+            "subj_features": (subj_features, (r, self.object_proj.in_features)),
+            "obj_features": (obj_features, (r, self.object_proj.in_features)),
+            "union_features": (union_features, (r, self.union_proj.in_features)),
+            "edge_weights": (edge_weights, (r, self.num_predicates)),
+        }
+        for name, (tensor, shape) in expected.items():
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"RelationRouting: {name} must have shape {shape}, got {tuple(tensor.shape)}")
+
+    def forward(
+        self,
+        subj_features: torch.Tensor,
+        obj_features: torch.Tensor,
+        union_features: torch.Tensor,
+        edge_weights: torch.Tensor,
+        chunk_size: Optional[int] = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            subj_features, obj_features: [R, obj_dim] features of each pair's subject and object.
+            union_features: [R, union_dim] union-box features.
+            edge_weights: [R, P] the prior A_rel[label_s, label_o, :] of each pair.
+            chunk_size: route at most this many pairs at a time (bounds memory at inference); None = all at once.
+        Returns:
+            relation logits [R, P].
+        """
+        self._check_inputs(subj_features, obj_features, union_features, edge_weights)
+        if chunk_size is not None and chunk_size <= 0:
+            raise ValueError(f"RelationRouting: chunk_size must be positive, got {chunk_size}")
+        r = subj_features.shape[0]
+        if chunk_size is None or r <= chunk_size:
+            return self._route(subj_features, obj_features, union_features, edge_weights)
+        return torch.cat(
+            [
+                self._route(subj_features[i : i + chunk_size], obj_features[i : i + chunk_size],
+                            union_features[i : i + chunk_size], edge_weights[i : i + chunk_size])
+                for i in range(0, r, chunk_size)
+            ]
+        )
+
+    def _route(self, subj_features, obj_features, union_features, edge_weights) -> torch.Tensor:
+        r, p, d = subj_features.shape[0], self.num_predicates, self.hidden_dim
+        h_so_0 = self.object_proj(torch.stack([subj_features, obj_features], dim=1))  # [R, 2, D]
+        h_pred_0 = self.union_proj(union_features)[:, None, :]  # [R, 1, D]
+        weights = edge_weights.to(h_pred_0.dtype)  # keep the [R, P, *] gate arithmetic in the compute dtype
+        scale = weights[:, :, None]  # [R, P, 1]
+        w_incoming = self.update.message_weight(slice(0, d))  # [3D, D]
+        w_outgoing = self.update.message_weight(slice(d, 2 * d))
+
+        h_so, h_pred = h_so_0, h_pred_0  # h_pred broadcasts over the P nodes until the first update
+        for _ in range(self.num_steps):
+            pred_terms = F.linear(h_so.sum(dim=1), w_incoming)[:, None, :]  # [R, 1, 3D], times a_k per node
+            weighted = torch.bmm(weights[:, None, :], h_pred.expand(r, p, d)).squeeze(1)  # [R, D] sum_k a_k h_k
+            so_terms = F.linear(weighted, w_outgoing)[:, None, :]  # [R, 1, 3D], same for s and o
+            h_so, h_pred = self.update.update(h_so, so_terms), self.update.update(h_pred, pred_terms, scale)
+        h_pred = h_pred.expand(r, p, d)
+
+        # W_o [h_T ; h_0] = W_o,T h_T + W_o,0 h_0: the h_0 half once per pair for the predicate nodes.
+        w_t, w_0 = self.output.weight[:, :d], self.output.weight[:, d:]
+        out_so = F.relu(F.linear(h_so, w_t) + F.linear(h_so_0, w_0, self.output.bias))  # [R, 2, O]
+        out_pred = F.relu(F.linear(h_pred, w_t) + F.linear(h_pred_0, w_0, self.output.bias))  # [R, P, O]
+        # The classifier over the node outputs in the order s, o, predicates, without concatenating them.
+        split = 2 * out_so.shape[2]
+        w_cls = self.classifier.weight
+        logits = F.linear(out_pred.reshape(r, p * out_pred.shape[2]), w_cls[:, split:], self.classifier.bias)
+        return logits + F.linear(out_so.reshape(r, split), w_cls[:, :split])

@@ -1,0 +1,375 @@
+"""tools/predict.py: robust image reading, model inputs, JSON records, pictures, and main() end to end with a
+small stand-in model registered in META_ARCH_REGISTRY."""
+import importlib.util
+import json
+import os
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import Boxes, Instances
+
+from kern_d2 import add_kern_config
+from kern_d2.structures import set_relation_predictions
+from kern_d2.utils.image_io import ImageReadError, read_image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+THINGS = ["person", "hat", "dog"]
+PREDICATES = ["__no_relation__", "wears", "near", "on"]
+
+
+def _load_predict():
+    spec = importlib.util.spec_from_file_location("tools_predict", os.path.join(ROOT, "tools", "predict.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+predict = _load_predict()
+
+
+def _write_jpeg(path, h, w, seed=0):
+    cv2.imwrite(str(path), np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------- image reading
+
+
+def test_corrupt_truncated_and_empty_files_raise_with_the_file_name(tmp_path):
+    good = _write_jpeg(tmp_path / "good.jpg", 64, 64)
+    data = open(good, "rb").read()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.jpg").write_bytes(b"this is not an image at all" * 10)
+    (tmp_path / "empty.png").write_bytes(b"")
+    for name, reason in [("truncated.jpg", "cannot decode"), ("garbage.jpg", "cannot decode"),
+                         ("empty.png", "empty file"), ("missing.png", "not a file")]:
+        with pytest.raises(ImageReadError, match=reason) as info:
+            read_image(str(tmp_path / name))
+        assert name in str(info.value)
+
+
+def test_png_with_alpha_is_composited_over_white(tmp_path):
+    rgba = np.array([[[255, 0, 0, 255], [0, 0, 255, 0], [0, 0, 0, 128]]], dtype=np.uint8)  # 1x3
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    loaded = read_image(str(tmp_path / "alpha.png"))
+    assert loaded.rgb.shape == (1, 3, 3) and loaded.rgb.dtype == np.uint8
+    np.testing.assert_array_equal(loaded.rgb[0, 0], [255, 0, 0])  # opaque: unchanged
+    np.testing.assert_array_equal(loaded.rgb[0, 1], [255, 255, 255])  # transparent: the white background
+    np.testing.assert_allclose(loaded.rgb[0, 2], [127, 127, 127], atol=1)  # half black over white
+
+
+def test_grayscale_8_and_16_bit_become_three_equal_channels(tmp_path):
+    gray = np.arange(35, dtype=np.uint8).reshape(5, 7) * 7
+    Image.fromarray(gray, "L").save(tmp_path / "gray.png")
+    loaded = read_image(str(tmp_path / "gray.png"))
+    assert loaded.rgb.shape == (5, 7, 3) and (loaded.height, loaded.width) == (5, 7)
+    for c in range(3):
+        np.testing.assert_array_equal(loaded.rgb[:, :, c], gray)
+    deep = np.array([[0, 65535], [257 * 100, 257 * 200]], dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    np.testing.assert_array_equal(read_image(str(tmp_path / "deep.png")).rgb[:, :, 0], [[0, 255], [100, 200]])
+
+
+def test_one_pixel_image(tmp_path):
+    Image.fromarray(np.array([[[10, 20, 30]]], dtype=np.uint8)).save(tmp_path / "one.png")
+    loaded = read_image(str(tmp_path / "one.png"), max_side=1333)
+    assert (loaded.height, loaded.width) == (1, 1)
+    np.testing.assert_array_equal(loaded.rgb, [[[10, 20, 30]]])
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png"])
+def test_big_image_is_read_reduced_but_keeps_its_full_size(tmp_path, ext):
+    path = tmp_path / f"wide.{ext}"
+    cv2.imwrite(str(path), np.full((200, 3000, 3), 90, np.uint8))
+    loaded = read_image(str(path), max_side=1333)
+    assert (loaded.height, loaded.width) == (200, 3000)
+    assert loaded.rgb.shape == (round(200 * 1333 / 3000), 1333, 3)
+    assert abs(int(loaded.rgb.mean()) - 90) <= 2
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(np.zeros((200, 400, 3), np.uint8)).save(tmp_path / "rot.jpg", exif=exif)
+    loaded = read_image(str(tmp_path / "rot.jpg"))
+    assert (loaded.height, loaded.width) == (400, 200) and loaded.rgb.shape == (400, 200, 3)
+    # Reduced reading (JPEG draft to 1/8, then an integer reduce) keeps the orientation.
+    loaded = read_image(str(tmp_path / "rot.jpg"), max_side=10)
+    assert (loaded.height, loaded.width) == (400, 200) and loaded.rgb.shape == (10, 5, 3)
+
+
+# ----------------------------------------------------------------------------------------------- model inputs
+
+
+def _cfg(**rel):
+    cfg = get_cfg()
+    add_kern_config(cfg)
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 800, 1333
+    for key, value in rel.items():
+        setattr(cfg.MODEL.ROI_RELATION_HEAD, key, value)
+    return cfg
+
+
+def test_model_input_resizes_like_default_predictor_and_scales_given_boxes(tmp_path):
+    path = _write_jpeg(tmp_path / "a.jpg", 50, 100)
+    spec = {"a.jpg": {"boxes": [[10, 10, 50, 40], [0, 0, 120, 60]], "labels": ["dog", 1]}}
+    item = predict.ImageInputs([path], _cfg(), THINGS, spec)[0]
+    assert item["error"] is None
+    x = item["input"]
+    # Short side 50 -> 800 makes the long side 1600 > 1333: both sides scale by 1333 / 100.
+    assert tuple(x["image"].shape) == (3, 667, 1333) and (x["height"], x["width"]) == (50, 100)
+    sx, sy = 1333 / 100, 667 / 50
+    expected = [[10 * sx, 10 * sy, 50 * sx, 40 * sy], [0, 0, 100 * sx, 50 * sy]]  # 2nd box clipped to the image
+    np.testing.assert_allclose(x["instances"].gt_boxes.tensor.numpy(), expected, rtol=1e-5)
+    assert x["instances"].gt_classes.tolist() == [2, 1]
+    # BGR (Detectron2's default INPUT.FORMAT) flips the channels of the RGB pixels.
+    rgb = predict.ImageInputs([path], _cfg(), THINGS, spec)[0]["rgb"]
+    cfg_rgb = _cfg()
+    cfg_rgb.INPUT.FORMAT = "RGB"
+    image_rgb = predict.ImageInputs([path], cfg_rgb, THINGS, spec)[0]["input"]["image"]
+    torch.testing.assert_close(image_rgb.flip(0), x["image"])
+    assert rgb.shape == (50, 100, 3)
+
+
+def test_model_input_problems_are_reported_per_image(tmp_path):
+    path = _write_jpeg(tmp_path / "a.jpg", 50, 100)
+    thin = str(tmp_path / "thin.png")
+    cv2.imwrite(thin, np.zeros((1, 3000, 3), np.uint8))
+    cases = [
+        ({"other.jpg": {"boxes": [[0, 0, 1, 1]]}}, {}, "no entry"),
+        ({"a.jpg": {"boxes": [[0, 0, 1, 1]], "labels": ["cat"]}}, {}, "'cat' is not one of"),
+        ({"a.jpg": {"boxes": [[0, 0, 1, 1]]}}, {}, "no labels"),  # PredCls needs labels
+        ({"a.jpg": {"boxes": []}}, {}, "no boxes"),
+    ]
+    for spec, rel, reason in cases:
+        item = predict.ImageInputs([path], _cfg(**rel), THINGS, spec)[0]
+        assert reason in item["error"] and path in item["error"]
+    sgcls = predict.ImageInputs([path], _cfg(USE_GT_OBJECT_LABEL=False), THINGS, {"a.jpg": {"boxes": [[0, 0, 1, 1]]}})
+    assert sgcls[0]["input"]["instances"].gt_classes.tolist() == [0]
+    # 1x3000 is read at 1x1333 (MAX_SIZE_TEST), which the test resize keeps: a legal, if thin, input.
+    assert tuple(predict.ImageInputs([thin], _cfg(), THINGS)[0]["input"]["image"].shape) == (3, 1, 1333)
+    one = str(tmp_path / "one.png")
+    cv2.imwrite(one, np.zeros((1, 1, 3), np.uint8))
+    assert tuple(predict.ImageInputs([one], _cfg(), THINGS)[0]["input"]["image"].shape) == (3, 800, 800)
+
+
+def test_boxes_json_is_checked(tmp_path):
+    for content, reason in [("[1, 2]", "expected an object"), ('{"a.jpg": {"labels": []}}', "'boxes' list"),
+                            ('{"a.jpg": {"boxes": [[1, 2, 3]]}}', "x1, y1, x2, y2"),
+                            ('{"a.jpg": {"boxes": [[5, 0, 1, 1]]}}', "x2 < x1"),
+                            ('{"a.jpg": {"boxes": [[0, 0, 1, 1]], "labels": []}}', "1 boxes but 0 labels"),
+                            ("{not json", "boxes.json")]:
+        (tmp_path / "boxes.json").write_text(content)
+        with pytest.raises(predict.InputError, match=reason):
+            predict.load_boxes_json(str(tmp_path / "boxes.json"))
+
+
+def test_inputs_expand_folders_and_globs_and_stems_stay_distinct(tmp_path):
+    for name in ["b.jpg", "a.PNG", "notes.txt", ".hidden.jpg"]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.jpg").write_bytes(b"x")
+    inputs = [str(tmp_path), str(tmp_path / "sub" / "*.jpg"), str(tmp_path / "b.jpg")]
+    files, ignored = predict.collect_image_files(inputs)
+    assert files == [str(tmp_path / "a.PNG"), str(tmp_path / "b.jpg"), str(tmp_path / "sub" / "a.jpg")]
+    assert ignored == [str(tmp_path / "notes.txt")]
+    assert list(predict.output_stems(files + ["x/summary.jpg"]).values()) == ["a", "b", "a-2", "summary-2"]
+    with pytest.raises(predict.InputError, match="no such file"):
+        predict.collect_image_files([str(tmp_path / "nothing*.jpg")])
+
+
+# ----------------------------------------------------------------------------------------------- JSON records
+
+
+def _hand_made_instances():
+    """3 boxes, 4 pairs; triplet scores worked out in the test below."""
+    instances = Instances((48, 64))
+    instances.pred_boxes = Boxes(torch.tensor([[0, 0, 10, 10], [5, 5, 20, 20], [30, 10, 60, 40.0]]))
+    instances.pred_classes = torch.tensor([0, 1, 2])
+    instances.scores = torch.tensor([0.9, 0.5, 0.8])
+    pairs = torch.tensor([[0, 1], [2, 0], [1, 2], [0, 2]])
+    rel_scores = torch.tensor(
+        [[0.1, 0.7, 0.1, 0.1], [0.2, 0.1, 0.6, 0.1], [0.9, 0.02, 0.03, 0.05], [0.4, 0.1, 0.1, 0.4]]
+    )
+    set_relation_predictions(instances, pairs, rel_scores)
+    return instances
+
+
+def test_record_ranks_triplets_by_predicate_times_object_scores():
+    record = predict.instances_to_record(_hand_made_instances(), THINGS, PREDICATES, top_k=3)
+    # pair (0,1): wears 0.7 * 0.9 * 0.5 = 0.315; (2,0): near 0.6 * 0.8 * 0.9 = 0.432;
+    # (1,2): on 0.05 * 0.5 * 0.8 = 0.02 (background 0.9 is never chosen); (0,2): on 0.4 * 0.9 * 0.8 = 0.288.
+    got = [(t["subject"], t["object"], t["predicate"], t["predicate_score"], t["score"]) for t in record["triplets"]]
+    expected = [(2, 0, "near", 0.6, 0.432), (0, 1, "wears", 0.7, 0.315), (0, 2, "on", 0.4, 0.288)]
+    assert [g[:3] for g in got] == [e[:3] for e in expected]
+    np.testing.assert_allclose([g[3:] for g in got], [e[3:] for e in expected], rtol=1e-5)
+    first = record["triplets"][0]
+    assert (first["subject_label"], first["object_label"], first["predicate_id"]) == ("dog", "person", 2)
+    assert record["labels"] == THINGS and record["label_ids"] == [0, 1, 2]
+    assert (record["width"], record["height"], record["num_candidate_pairs"]) == (64, 48, 4)
+    assert record["boxes"][2] == [30, 10, 60, 40]
+    assert len(predict.instances_to_record(_hand_made_instances(), THINGS, PREDICATES, top_k=0)["triplets"]) == 4
+    assert json.loads(predict.format_record_json(record)) == record  # plain Python types, valid JSON
+
+
+def test_record_errors_name_the_problem():
+    with pytest.raises(ValueError, match="4 predicates but 3"):
+        predict.instances_to_record(_hand_made_instances(), THINGS, PREDICATES[:3])
+    with pytest.raises(ValueError, match="only 2 class names"):
+        predict.instances_to_record(_hand_made_instances(), THINGS[:2], PREDICATES)
+    stray = _hand_made_instances()
+    stray._fields["rel_pair_idxs"] = torch.tensor([[0, 1], [2, 3], [1, 2], [0, 2]])
+    with pytest.raises(ValueError, match="outside the 3 predicted boxes"):
+        predict.instances_to_record(stray, THINGS, PREDICATES)
+    bare = Instances((4, 4), pred_boxes=Boxes(torch.zeros(0, 4)))
+    with pytest.raises(ValueError, match="'pred_classes'"):
+        predict.instances_to_record(bare, THINGS, PREDICATES)
+
+
+def test_record_picture_has_the_expected_size_with_and_without_boxes():
+    record = predict.instances_to_record(_hand_made_instances(), THINGS, PREDICATES)
+    rgb = np.zeros((24, 32, 3), np.uint8)  # read at half the record's 64x48
+    picture = predict.draw_record(record, rgb, max_triplets=20, show_all_boxes=False, title="t")
+    assert picture.shape[0] == 600 and picture.shape[1] > 800  # 32 px wide -> enlarged to 800
+    empty = Instances((48, 64), pred_boxes=Boxes(torch.zeros(0, 4)), pred_classes=torch.zeros(0, dtype=torch.long),
+                      scores=torch.zeros(0))
+    set_relation_predictions(empty, torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, 4))
+    record = predict.instances_to_record(empty, THINGS, PREDICATES)
+    assert record["boxes"] == [] and record["triplets"] == []
+    picture = predict.draw_record(record, rgb, max_triplets=20, show_all_boxes=True, title="t")
+    assert picture.shape[0] == 600 and picture.shape[1] > 800
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+
+DOUBLE = "PredictTestDouble"
+
+
+class PredictTestDouble(nn.Module):
+    """Stands in for SceneGraphRCNN: three boxes at fixed fractions of the image (or the given gt boxes), scores
+    0.9 ... 0.6, every ordered pair (M = 6 != N) scored with softmax(self.logits), which the checkpoint sets.
+    Images 13 px wide make it fail."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(cfg.MODEL.ROI_RELATION_HEAD.NUM_PREDICATES))
+
+    def forward(self, batched_inputs):
+        assert not self.training
+        outputs = []
+        for x in batched_inputs:
+            h, w = x["height"], x["width"]
+            if w == 13:
+                raise RuntimeError("unlucky width")
+            if "instances" in x:
+                _, in_h, in_w = x["image"].shape
+                boxes = x["instances"].gt_boxes.tensor * torch.tensor([w / in_w, h / in_h] * 2)
+                classes = x["instances"].gt_classes
+            else:
+                fractions = torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.4, 0.4, 0.9, 0.9], [0, 0, 1, 1]])
+                boxes = fractions * torch.tensor([w, h] * 2)
+                classes = torch.tensor([0, 1, 2])
+            n = len(boxes)
+            result = Instances((h, w), pred_boxes=Boxes(boxes), pred_classes=classes,
+                               scores=torch.linspace(0.9, 0.6, n))
+            pairs = torch.tensor([(i, j) for i in range(n) for j in range(n) if i != j], dtype=torch.long)
+            set_relation_predictions(result, pairs.reshape(-1, 2), self.logits.softmax(0).expand(len(pairs), -1))
+            outputs.append({"instances": result})
+        return outputs
+
+
+if DOUBLE not in META_ARCH_REGISTRY:
+    META_ARCH_REGISTRY.register(PredictTestDouble)
+
+
+@pytest.fixture()
+def model_files(tmp_path):
+    """A config for the stand-in model, a checkpoint that makes 'near' the best predicate, class names."""
+    name = f"test_predict_{uuid.uuid4().hex[:8]}"
+    MetadataCatalog.get(name).set(thing_classes=THINGS, predicate_classes=PREDICATES)
+    weights = tmp_path / "model.pth"
+    torch.save({"model": {"logits": torch.tensor([0.0, 1.0, 3.0, 0.5])}}, weights)
+    config = tmp_path / "double.yaml"
+    config.write_text(
+        f'MODEL:\n  META_ARCHITECTURE: "{DOUBLE}"\n  DEVICE: "cpu"\n  ROI_HEADS:\n    NUM_CLASSES: 3\n'
+        "  ROI_RELATION_HEAD:\n    NUM_PREDICATES: 4\n    USE_GT_BOX: False\n    USE_GT_OBJECT_LABEL: False\n"
+        f'DATASETS:\n  TEST: ("{name}",)\nINPUT:\n  MIN_SIZE_TEST: 64\n  MAX_SIZE_TEST: 128\n'
+    )
+    yield str(config), str(weights)
+    MetadataCatalog.remove(name)
+
+
+def _run(config, weights, inputs, out, *opts):
+    args = ["--config-file", config, "--input", *inputs, "--output", str(out), "--num-workers", "0",
+            "--opts", "MODEL.WEIGHTS", weights, *opts]
+    return predict.main(args)
+
+
+def test_main_end_to_end_on_a_folder(tmp_path, model_files):
+    config, weights = model_files
+    images = tmp_path / "images"
+    images.mkdir()
+    _write_jpeg(images / "street.jpg", 48, 64)
+    Image.fromarray(np.zeros((30, 40, 4), np.uint8)).save(images / "alpha.png")
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(images / "gray.png")
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (images / "empty.png").write_bytes(b"")
+    (images / "readme.txt").write_text("not an image")
+    _write_jpeg(images / "odd.jpg", 20, 13)  # the model fails on it, in a batch with street.jpg
+    out = tmp_path / "out"
+    # Config overrides at the end without --opts, as in Detectron2's tools (the weights decide the predicate).
+    args = ["--config-file", config, "--input", str(images), "--output", str(out), "--num-workers", "0",
+            "--batch-size", "2", "MODEL.WEIGHTS", weights]
+    assert predict.main(args) == 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(os.path.basename(p["file"]) for p in summary["processed"]) == ["alpha.png", "gray.png", "street.jpg"]
+    failed = {os.path.basename(f["file"]): f["reason"] for f in summary["failed"]}
+    assert set(failed) == {"broken.jpg", "empty.png", "odd.jpg"} and "empty file" in failed["empty.png"]
+    assert "RuntimeError: unlucky width" in failed["odd.jpg"]
+    assert [os.path.basename(p) for p in summary["ignored"]] == ["readme.txt"]
+    record = json.loads((out / "street.json").read_text())
+    assert (record["width"], record["height"], record["mode"]) == (64, 48, "sgdet")
+    np.testing.assert_allclose(record["boxes"], [[6.4, 4.8, 32, 24], [25.6, 19.2, 57.6, 43.2], [0, 0, 64, 48]],
+                               atol=0.01)
+    assert record["labels"] == THINGS and record["num_candidate_pairs"] == 6
+    probs = torch.tensor([0.0, 1.0, 3.0, 0.5]).softmax(0)  # the checkpoint's logits, not the zero init
+    # Same predicate everywhere: the order follows subject x object scores (0.9, 0.75, 0.6), ties in model order.
+    assert [(t["subject"], t["object"], t["predicate"]) for t in record["triplets"]] == [
+        (0, 1, "near"), (1, 0, "near"), (0, 2, "near"), (2, 0, "near"), (1, 2, "near"), (2, 1, "near")]
+    assert record["triplets"][0]["score"] == pytest.approx(float(probs[2]) * 0.9 * 0.75, rel=1e-5)
+    picture = cv2.imread(str(out / "street.png"))
+    assert picture is not None and picture.shape[0] == 600
+
+
+def test_main_with_given_boxes_and_failures(tmp_path, model_files):
+    config, weights = model_files
+    image = _write_jpeg(tmp_path / "room.jpg", 60, 80)
+    (tmp_path / "boxes.json").write_text(json.dumps({"room.jpg": {"boxes": [[8, 6, 40, 30], [20, 20, 80, 60]],
+                                                                  "labels": ["dog", "hat"]}}))
+    out = tmp_path / "out"
+    predcls = ["MODEL.ROI_RELATION_HEAD.USE_GT_BOX", "True", "MODEL.ROI_RELATION_HEAD.USE_GT_OBJECT_LABEL", "True"]
+    args = ["--config-file", config, "--input", image, "--output", str(out), "--num-workers", "0",
+            "--top-k", "1", "--boxes-json", str(tmp_path / "boxes.json"), "--opts", "MODEL.WEIGHTS", weights, *predcls]
+    assert predict.main(args) == 0
+    record = json.loads((out / "room.json").read_text())
+    assert record["mode"] == "predcls" and record["labels"] == ["dog", "hat"] and len(record["triplets"]) == 1
+    np.testing.assert_allclose(record["boxes"], [[8, 6, 40, 30], [20, 20, 80, 60]], atol=0.01)
+
+    # PredCls without --boxes-json, no images at all, and only unreadable images: clear non-zero exits.
+    assert predict.main(args[: args.index("--boxes-json")] + args[args.index("--opts"):]) == 2
+    assert _run(config, weights, [str(tmp_path / "none*.jpg")], out) == 2
+    assert _run(config, weights, [image], out, "MODEL.NO_SUCH_KEY", "1") == 2
+    assert _run(config, weights, [image], out, "MODEL.ROI_RELATION_HEAD.USE_GT_OBJECT_LABEL", "True") == 2
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    assert _run(config, weights, [str(tmp_path / "bad.jpg")], tmp_path / "out2") == 1
+    assert json.loads((tmp_path / "out2" / "summary.json").read_text())["failed"][0]["file"].endswith("bad.jpg")

@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Train or evaluate kern_d2 models (and the detectors they build on) with Detectron2's launcher.
+
+  python tools/train_net.py --config-file configs/VG-KERN/kern_predcls.yaml --num-gpus 8
+  python tools/train_net.py --config-file configs/VG-KERN/kern_predcls.yaml --eval-only MODEL.WEIGHTS model.pth
+  python tools/train_net.py --config-file ... --resume          # continue from OUTPUT_DIR/last_checkpoint
+"""
+import kern_d2.data  # noqa: F401  (registers the builtin datasets)
+import kern_d2.modeling  # noqa: F401  (registers SceneGraphRCNN, KERNROIHeads, the toy backbone)
+from detectron2.engine import default_argument_parser, launch
+
+from kern_d2.checkpoint import SGGCheckpointer
+from kern_d2.engine import SGGTrainer, setup_cfg
+
+
+def main(args):
+    cfg = setup_cfg(args)
+    if args.eval_only:
+        model = SGGTrainer.build_model(cfg)
+        SGGCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return SGGTrainer.test(cfg, model)
+    trainer = SGGTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
