@@ -63,7 +63,10 @@ void check_boxes_and_pairs(const char* op, const at::Tensor& boxes, const at::Te
       ": boxes must be [K, 5] (batch index, x1, y1, x2, y2), got shape ",
       boxes.sizes());
   TORCH_CHECK(
-      at::isFloatingType(boxes.scalar_type()), op, ": boxes must be a floating-point tensor, got ", boxes.scalar_type());
+      at::isFloatingType(boxes.scalar_type()),
+      op,
+      ": boxes must be a floating-point tensor, got ",
+      boxes.scalar_type());
   TORCH_CHECK(
       pair_idx.dim() == 2 && pair_idx.size(1) == 2,
       op,

@@ -8,6 +8,8 @@ from typing import List, Union
 
 import torch
 
+from detectron2.structures import Instances
+
 
 class Relations:
     """``tensor``: int64 [R, 3] rows (subject index, object index, predicate 1..P-1) into ``num_instances`` boxes."""
@@ -61,14 +63,45 @@ class Relations:
         return f"Relations(num_instances={self.num_instances}, num_relations={self.num_relations})"
 
 
-def set_relation_predictions(instances, rel_pair_idxs: torch.Tensor, rel_scores: torch.Tensor) -> None:
-    """Attach relation predictions to a predicted ``Instances`` (in place).
+class SceneGraphInstances(Instances):
+    """Predicted ``Instances`` of one image plus its relation fields.
 
-    ``rel_pair_idxs`` int64 [M, 2] (indices into the instances) and ``rel_scores`` [M, P] have M rows, not one
-    per box, so they bypass ``Instances.set``'s length check. They travel with ``.to()`` and ``get_fields()``;
-    an ``Instances`` carrying them must not be indexed or concatenated (that would mix up the pair indices).
+    ``rel_pair_idxs`` int64 [M, 2] (subject, object indices into the boxes) and ``rel_scores`` [M, P] have one
+    row per pair, not per box, so ``set`` exempts the ``rel_`` fields from the length check. ``to()`` keeps the
+    class; indexing is refused while relation fields are present (it would invalidate the pair indices).
     """
+
+    RELATION_FIELDS = ("rel_pair_idxs", "rel_scores")
+
+    def set(self, name: str, value) -> None:
+        if name in self.RELATION_FIELDS:
+            self._fields[name] = value
+        else:
+            super().set(name, value)
+
+    def __len__(self) -> int:
+        for name, value in self._fields.items():
+            if name not in self.RELATION_FIELDS:
+                return value.__len__()
+        raise NotImplementedError("SceneGraphInstances has no box fields")
+
+    def to(self, *args, **kwargs) -> "SceneGraphInstances":
+        ret = SceneGraphInstances(self._image_size)
+        for name, value in self._fields.items():
+            ret.set(name, value.to(*args, **kwargs) if hasattr(value, "to") else value)
+        return ret
+
+    def __getitem__(self, item) -> "Instances":
+        if any(name in self._fields for name in self.RELATION_FIELDS):
+            raise TypeError("SceneGraphInstances with relation fields cannot be indexed (pair indices would break)")
+        return super().__getitem__(item)
+
+
+def set_relation_predictions(
+    instances: SceneGraphInstances, rel_pair_idxs: torch.Tensor, rel_scores: torch.Tensor
+) -> None:
+    """Attach relation predictions: ``rel_pair_idxs`` int64 [M, 2], ``rel_scores`` [M, P] (column 0 = none)."""
     if rel_pair_idxs.shape[0] != rel_scores.shape[0]:
         raise ValueError(f"rel_pair_idxs has {rel_pair_idxs.shape[0]} rows but rel_scores {rel_scores.shape[0]}")
-    instances._fields["rel_pair_idxs"] = rel_pair_idxs
-    instances._fields["rel_scores"] = rel_scores
+    instances.rel_pair_idxs = rel_pair_idxs
+    instances.rel_scores = rel_scores

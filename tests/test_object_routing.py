@@ -41,7 +41,8 @@ def test_per_object_reference_matches_per_edge_reference():
 def test_released_code_gate():
     x, cooc = inputs([4])
     released = make_routing(released_code_gate=True)
-    torch.testing.assert_close(released(x, [4], cooc), object_routing_literal(released, x, [4], cooc), rtol=0, atol=1e-5)
+    expected = object_routing_literal(released, x, [4], cooc)
+    torch.testing.assert_close(released(x, [4], cooc), expected, rtol=0, atol=1e-5)
     default = make_routing()
     with torch.no_grad():  # same weights except U_r, which the released code replaces by U_z
         for name, p in default.named_parameters():

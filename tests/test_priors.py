@@ -193,7 +193,8 @@ def test_knowledge_priors_checkpoint_round_trip(tmp_path):
     torch.testing.assert_close(fresh.priors.obj_cooccurrence, torch.from_numpy(cooc))
     torch.testing.assert_close(fresh.priors.rel_prior, torch.from_numpy(rel))
     labels = torch.tensor([0, 1, 2])
-    torch.testing.assert_close(fresh.priors.pair_prior(labels, labels.flip(0)), torch.from_numpy(rel[[0, 1, 2], [2, 1, 0]]))
+    expected = torch.from_numpy(rel[[0, 1, 2], [2, 1, 0]])
+    torch.testing.assert_close(fresh.priors.pair_prior(labels, labels.flip(0)), expected)
 
 
 def test_knowledge_priors_shape_mismatch_is_an_error(tmp_path):
@@ -215,7 +216,8 @@ def test_compute_priors_tool(tmp_path):
     name = f"test_priors_tool_{uuid.uuid4().hex}"
     DatasetCatalog.register(name, hand_dataset)
     MetadataCatalog.get(name).set(thing_classes=THINGS, predicate_classes=PREDICATES)
-    spec = importlib.util.spec_from_file_location("compute_priors_tool", os.path.join(ROOT, "tools", "compute_priors.py"))
+    tool_path = os.path.join(ROOT, "tools", "compute_priors.py")
+    spec = importlib.util.spec_from_file_location("compute_priors_tool", tool_path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     try:

@@ -157,7 +157,8 @@ def test_unannotated_pairs_and_object_counts(sample_images):
 
 
 def test_cli_writes_dataset_and_prints_summary(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("make_toy_dataset", os.path.join(ROOT, "tools", "make_toy_dataset.py"))
+    path = os.path.join(ROOT, "tools", "make_toy_dataset.py")
+    spec = importlib.util.spec_from_file_location("make_toy_dataset", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = str(tmp_path / "toy")

@@ -10,7 +10,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 import kern_d2.data  # noqa: F401  (builtin names)
-from kern_d2.data import DatasetFormatError, load_vg_sgg, register_vg_sgg
+from kern_d2.data import DatasetFormatError, filter_images_without_overlapping_pairs, load_vg_sgg, register_vg_sgg
 
 CLASSES = ["person", "hat", "cup"]
 PREDICATES = ["on", "wears"]
@@ -170,7 +170,13 @@ def test_filter_non_overlap(tmp_path, vg_writer):
     assert [d["image_id"] for d in kept] == [1]
     np.testing.assert_array_equal(kept[0]["relations"], [[0, 1, 1]])
     assert len(kept[0]["annotations"]) == 4  # boxes stay
-    assert len(load(paths, "train", num_val_images=0, missing_images="ignore")) == 2
+    everything = load(paths, "train", num_val_images=0, missing_images="ignore")
+    assert len(everything) == 2
+    # the same filter on loaded dicts (the trainer's DATASETS.SGG.FILTER_NON_OVERLAP path), input untouched
+    filtered = filter_images_without_overlapping_pairs(everything)
+    assert [d["image_id"] for d in filtered] == [1]
+    np.testing.assert_array_equal(filtered[0]["relations"], [[0, 1, 1]])
+    assert filtered[0]["annotations"] == kept[0]["annotations"] and len(everything[0]["relations"]) == 3
 
 
 def test_missing_images_error_skip_ignore(vg):
@@ -261,7 +267,8 @@ def test_predicate_outside_predicate_list(vg, bad):
     preds = h5_field(vg["h5_file"], "predicates")
     preds[2] = bad
     rewrite_h5(vg["h5_file"], predicates=preds)
-    with pytest.raises(DatasetFormatError, match=rf"VG-SGG\.h5: 'predicates' must be in 1\.\.2 .* relation 2 has {bad}"):
+    message = rf"VG-SGG\.h5: 'predicates' must be in 1\.\.2 .* relation 2 has {bad}"
+    with pytest.raises(DatasetFormatError, match=message):
         load(vg, "train")
 
 
@@ -274,10 +281,20 @@ def test_mismatched_h5_counts(vg):
 
 def test_bad_split_value(vg):
     split = h5_field(vg["h5_file"], "split")
-    split[2] = 1
+    split[2] = 3
     rewrite_h5(vg["h5_file"], split=split)
-    with pytest.raises(DatasetFormatError, match=r"'split' must be 0 \(train\) or 2 \(test\); row 2 has 1"):
+    with pytest.raises(DatasetFormatError, match=r"'split' must be 0 \(train\), 1 \(unused\) or 2 \(test\); row 2 "):
         load(vg, "train")
+
+
+def test_rows_of_split_1_are_not_used(vg, caplog):
+    split = h5_field(vg["h5_file"], "split")
+    split[[0, 1]] = 1
+    rewrite_h5(vg["h5_file"], split=split)
+    with caplog.at_level(logging.WARNING):
+        assert [d["image_id"] for d in load(vg, "train", num_val_images=0)] == [4, 6]
+    assert "2 image rows have split 1" in caplog.text
+    assert [d["image_id"] for d in load(vg, "test")] == [5]
 
 
 def test_dicts_with_gap_in_keys(vg):

@@ -281,7 +281,8 @@ at::Tensor pair_union_roi_align_backward_cpu(
     int64_t width) {
   detail::check_pair_union_roi_align_backward_args(
       grad, boxes, pair_idx, output_size, batch_size, channels, height, width);
-  TORCH_CHECK(grad.is_cpu(), "_pair_union_roi_align_backward (CPU kernel): grad must be a CPU tensor, got ", grad.device());
+  TORCH_CHECK(
+      grad.is_cpu(), "_pair_union_roi_align_backward (CPU kernel): grad must be a CPU tensor, got ", grad.device());
   const auto acc_type = detail::accumulate_type(grad.scalar_type());
   // Half/bfloat16 gradients are accumulated in an fp32 buffer and cast once at the end.
   auto grad_features = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type));

@@ -1,8 +1,9 @@
 // CUDA kernel of kern_d2::box_pair_masks: one thread per (pair, row, column) cell, writing both channels.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -63,7 +64,7 @@ at::Tensor box_pair_masks_cuda(const at::Tensor& boxes, const at::Tensor& pair_i
   const auto b = boxes.to(compute_type).contiguous();
   const auto pairs = pair_idx.contiguous();
   const int64_t blocks = std::min<int64_t>((num_cells + kThreads - 1) / kThreads, 65535LL * 8);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(compute_type, "box_pair_masks_cuda", [&] {
     box_pair_masks_kernel<scalar_t><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
         b.data_ptr<scalar_t>(),

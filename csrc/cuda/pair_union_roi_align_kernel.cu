@@ -16,8 +16,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/Atomic.cuh>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -159,7 +160,7 @@ __device__ void fill_tile_tables(
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) pair_union_roi_align_forward_kernel(
+__global__ void __launch_bounds__(kThreads, 4) pair_union_roi_align_forward_kernel(
     const scalar_t* __restrict__ features,
     const acc_t* __restrict__ boxes,
     const int64_t* __restrict__ pairs,
@@ -177,8 +178,9 @@ __global__ void __launch_bounds__(kThreads) pair_union_roi_align_forward_kernel(
   extern __shared__ __align__(16) unsigned char shared[];
   const int64_t m = blockIdx.x;
   PairPatch<acc_t> patch;
-  if (!load_pair_patch(
-          boxes, pairs, num_boxes, batch_size, m, pooled, spatial_scale, sampling_ratio, aligned, height, width, patch)) {
+  const bool valid = load_pair_patch(
+      boxes, pairs, num_boxes, batch_size, m, pooled, spatial_scale, sampling_ratio, aligned, height, width, patch);
+  if (!valid) {
     return;
   }
   const int bins = pooled * pooled;
@@ -268,8 +270,9 @@ __global__ void __launch_bounds__(kThreads) pair_union_roi_align_backward_kernel
   extern __shared__ __align__(16) unsigned char shared[];
   const int64_t m = blockIdx.x;
   PairPatch<acc_t> patch;
-  if (!load_pair_patch(
-          boxes, pairs, num_boxes, batch_size, m, pooled, spatial_scale, sampling_ratio, aligned, height, width, patch)) {
+  const bool valid = load_pair_patch(
+      boxes, pairs, num_boxes, batch_size, m, pooled, spatial_scale, sampling_ratio, aligned, height, width, patch);
+  if (!valid) {
     return;
   }
   const int bins = pooled * pooled;
@@ -334,14 +337,16 @@ void reserve_shared_memory(Kernel kernel, size_t bytes, const char* op) {
   if (bytes <= 48 * 1024) {
     return;
   }
-  const auto* properties = at::cuda::getCurrentDeviceProperties();
+  int device = 0, allowed = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&allowed, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   TORCH_CHECK(
-      bytes <= properties->sharedMemPerBlockOptin,
+      bytes <= static_cast<size_t>(allowed),
       op,
       ": output_size is too large for the CUDA kernel (it needs ",
       bytes,
       " bytes of shared memory per block, the device allows ",
-      properties->sharedMemPerBlockOptin,
+      allowed,
       ")");
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
@@ -381,7 +386,7 @@ at::Tensor pair_union_roi_align_cuda(
   const auto b = boxes.to(detail::accumulate_type(features.scalar_type())).contiguous();
   const auto pairs = pair_idx.contiguous();
   const int pooled = static_cast<int>(output_size);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, features.scalar_type(), "pair_union_roi_align_forward_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
@@ -439,7 +444,7 @@ at::Tensor pair_union_roi_align_backward_cuda(
   const auto b = boxes.to(acc_type).contiguous();
   const auto pairs = pair_idx.contiguous();
   const int pooled = static_cast<int>(output_size);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad.scalar_type(), "pair_union_roi_align_backward_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;

@@ -3,7 +3,7 @@
 Importing this package registers the builtin dataset names (see :mod:`kern_d2.data.builtin`).
 """
 from . import builtin  # noqa: F401  (registers vg150_* and toy_*)
-from .arrays import DatasetFormatError
+from .arrays import DatasetFormatError, filter_images_without_overlapping_pairs
 from .builtin import register_toy, register_vg150
 from .mapper import SGGDatasetMapper, sample_one_predicate_per_pair
 from .sgg_json import load_sgg_json, read_sgg_json_classes, register_sgg_json
@@ -12,6 +12,7 @@ from .vg import load_vg_sgg, read_vg_classes, register_vg_sgg
 __all__ = [
     "DatasetFormatError",
     "SGGDatasetMapper",
+    "filter_images_without_overlapping_pairs",
     "load_sgg_json",
     "load_vg_sgg",
     "read_sgg_json_classes",

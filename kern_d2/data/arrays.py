@@ -5,6 +5,7 @@ flat numpy arrays, grouped by image in image order. Cleaning (clip, drop degener
 those arrays with numpy; only the final step builds Detectron2's per-image dicts.
 """
 import dataclasses
+import logging
 from typing import List
 
 import numpy as np
@@ -193,3 +194,45 @@ def clean_annotations(
             logger.info(f"{source}: dropped {int(empty.sum())} images without relations")
             arrays = keep_images(arrays, ~empty)
     return arrays
+
+
+def from_dataset_dicts(dataset_dicts: List[dict]) -> SGGArrays:
+    """Inverse of :func:`to_dataset_dicts` (boxes converted to XYXY_ABS)."""
+    annotations = [a for d in dataset_dicts for a in d["annotations"]]
+    xyxy = BoxMode.XYXY_ABS
+    boxes = np.array(
+        [a["bbox"] if a["bbox_mode"] == xyxy else BoxMode.convert(list(a["bbox"]), a["bbox_mode"], xyxy)
+         for a in annotations],
+        dtype=np.float64,
+    ).reshape(-1, 4)
+    relations = [np.asarray(d.get("relations", []), dtype=np.int64).reshape(-1, 3) for d in dataset_dicts]
+    return SGGArrays(
+        image_ids=np.array([d["image_id"] for d in dataset_dicts], dtype=np.int64),
+        file_names=[d["file_name"] for d in dataset_dicts],
+        heights=np.array([d["height"] for d in dataset_dicts], dtype=np.int64),
+        widths=np.array([d["width"] for d in dataset_dicts], dtype=np.int64),
+        box_counts=np.array([len(d["annotations"]) for d in dataset_dicts], dtype=np.int64),
+        boxes=boxes,
+        classes=np.array([a["category_id"] for a in annotations], dtype=np.int64),
+        rel_counts=np.array([len(r) for r in relations], dtype=np.int64),
+        relations=np.concatenate(relations + [np.zeros((0, 3), dtype=np.int64)]),
+    )
+
+
+def filter_images_without_overlapping_pairs(dataset_dicts: List[dict]) -> List[dict]:
+    """SGDet training convention (neural-motifs), on loaded dataset dicts: keep only the relations whose subject
+    and object boxes intersect, and drop the images left without one. Same result as loading with
+    ``filter_non_overlap=True``; the dicts are shallow-copied, the input is not modified."""
+    arrays = from_dataset_dicts(dataset_dicts)
+    overlap = overlapping_relation_mask(arrays)
+    per_image = np.split(overlap, np.cumsum(arrays.rel_counts)[:-1]) if dataset_dicts else []
+    kept = [
+        {**d, "relations": np.asarray(d["relations"], dtype=np.int64).reshape(-1, 3)[mask]}
+        for d, mask in zip(dataset_dicts, per_image)
+        if mask.any()
+    ]
+    logging.getLogger(__name__).info(
+        f"filter_images_without_overlapping_pairs: kept {len(kept)} of {len(dataset_dicts)} images and "
+        f"{int(overlap.sum())} of {len(overlap)} relations"
+    )
+    return kept

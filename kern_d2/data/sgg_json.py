@@ -114,7 +114,9 @@ def _parse_image(image, k, json_file, category_id, predicate_id):
             [[r["subject"], r["object"], predicate_id.get(r["predicate"], -1)] for r in relations], dtype=np.int64
         ).reshape(-1, 3)
     except (KeyError, TypeError, ValueError):
-        raise DatasetFormatError(f"{where}: every relation needs integer 'subject', 'object' and a 'predicate'") from None
+        raise DatasetFormatError(
+            f"{where}: every relation needs integer 'subject', 'object' and a 'predicate'"
+        ) from None
     bad = np.flatnonzero(rel[:, 2] < 0)
     if bad.size:
         raise DatasetFormatError(f"{where}: relation {bad[0]} has unknown predicate {relations[bad[0]]['predicate']!r}")

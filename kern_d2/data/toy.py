@@ -95,28 +95,29 @@ def _object_size(rng, name) -> Tuple[int, int]:
 def _pair_layout(rng, predicate, size_s, size_o) -> Tuple[np.ndarray, np.ndarray]:
     """Subject and object boxes (XYXY) for the predicate's geometry, in a frame the caller shifts to (0, 0)."""
     (ws, hs), (wo, ho) = size_s, size_o
-    if predicate in ("on", "standing on"):  # subject rests on the object
+    layout = CONTACT_RULES[predicate][0] if predicate in CONTACT_RULES else predicate
+    if layout == "stack":  # subject rests on the object
         xs = rng.integers(0, max(wo - ws, 0) + 1) if wo >= ws else -rng.integers(0, ws - wo + 1)
         return np.array([xs, 0, xs + ws, hs]), np.array([0, hs, wo, hs + ho])
-    if predicate in ("wears", "hanging from"):  # object rests on the subject
+    if layout == "under":  # object rests on the subject
         xo = rng.integers(0, max(ws - wo, 0) + 1) if ws >= wo else -rng.integers(0, wo - ws + 1)
         return np.array([0, ho, ws, ho + hs]), np.array([xo, 0, xo + wo, ho])
-    if predicate == "holding":  # object touches the subject's side at mid height
+    if layout == "side":  # object touches the subject's side at mid height
         yo = hs // 2 - ho // 2
         if rng.random() < 0.5:
             return np.array([0, 0, ws, hs]), np.array([ws, yo, ws + wo, yo + ho])
         return np.array([wo, 0, wo + ws, hs]), np.array([0, yo, wo, yo + ho])
-    if predicate == "in":  # subject inside the (larger) object, with a margin
+    if layout == "in":  # subject inside the (larger) object, with a margin
         xs = rng.integers(6, wo - ws - 5)
         ys = rng.integers(6, ho - hs - 5)
         return np.array([xs, ys, xs + ws, ys + hs]), np.array([0, 0, wo, ho])
-    if predicate == "left of":  # horizontal gap, centres at about the same height
+    if layout == "left of":  # horizontal gap, centres at about the same height
         gap, dy = rng.integers(12, 36), (hs - ho) // 2 + rng.integers(-4, 5)
         return np.array([0, 0, ws, hs]), np.array([ws + gap, dy, ws + gap + wo, dy + ho])
-    if predicate == "above":  # vertical gap, centres at about the same x
+    if layout == "above":  # vertical gap, centres at about the same x
         gap, dx = rng.integers(12, 36), (ws - wo) // 2 + rng.integers(-4, 5)
         return np.array([0, 0, ws, hs]), np.array([dx, hs + gap, dx + wo, hs + gap + ho])
-    if predicate == "near":  # diagonal, a few pixels apart
+    if layout == "near":  # diagonal, a few pixels apart
         gx, gy = rng.integers(2, 8, size=2)
         s = np.array([0, 0, ws, hs])
         o = np.array([ws + gx, hs + gy, ws + gx + wo, hs + gy + ho])
@@ -285,13 +286,12 @@ def generate_toy_dataset(
 
 def toy_summary(images: List[ToyImage], num_train: int, num_val: int, num_test: int) -> dict:
     relations = np.concatenate([im.relations for im in images])
+    classes = np.concatenate([im.classes for im in images])
     return {
         "images": {"train": num_train - num_val, "val": num_val, "test": num_test},
         "objects": int(sum(len(im.boxes) for im in images)),
         "relations": int(len(relations)),
-        "object_histogram": dict(
-            zip(THING_CLASSES, np.bincount(np.concatenate([im.classes for im in images]), minlength=len(CLASSES)).tolist())
-        ),
+        "object_histogram": dict(zip(THING_CLASSES, np.bincount(classes, minlength=len(CLASSES)).tolist())),
         "predicate_histogram": dict(
             zip(PREDICATES, np.bincount(relations[:, 2], minlength=len(PREDICATES) + 1)[1:].tolist())
         ),

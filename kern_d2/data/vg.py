@@ -2,11 +2,12 @@
 
 Conventions of the published numbers (neural-motifs, KERN, Scene-Graph-Benchmark.pytorch):
 
-- h5 ``split`` 0 = train, 2 = test. Images without boxes are never used; with ``filter_empty_rels`` images without
-  relations are dropped too. val = the first ``num_val_images`` of the remaining train-split images, train = the
-  rest (so val is the same set whatever the other options).
+- h5 ``split`` 0 = train, 2 = test (rows of split 1 are not used). Images without boxes are never used; with
+  ``filter_empty_rels`` images without relations are dropped too. val = the first ``num_val_images`` of the
+  remaining train-split images, train = the rest; the other filters apply after this cut, so they do not move
+  images between val and train.
 - Boxes: ``boxes_1024`` (xc, yc, w, h) -> XYXY at the true image size, clipped to the image. Boxes without area
-  after that (VG has only a handful) are DROPPED together with the relations that use them, counted and logged:
+  after that (rare) are DROPPED together with the relations that use them, counted and logged:
   a zero-area box cannot be matched or pooled, and keeping the index arrays dense keeps relations valid.
 - ``filter_non_overlap`` (SGDet training): keep only relations whose two boxes intersect; images left without
   one are dropped (neural-motifs' convention).
@@ -26,7 +27,16 @@ import numpy as np
 from .arrays import DatasetFormatError, SGGArrays, clean_annotations, keep_images, ranges_to_index, to_dataset_dicts
 from .image_files import check_image_files
 from .registration import register_sgg_dataset
-from .vg_format import BOX_SCALE, CORRUPT_IMAGE_IDS, H5_KEYS, NO_RELATION, SPLIT_TEST, SPLIT_TRAIN, boxes_1024_to_xyxy
+from .vg_format import (
+    BOX_SCALE,
+    CORRUPT_IMAGE_IDS,
+    H5_KEYS,
+    NO_RELATION,
+    SPLIT_TEST,
+    SPLIT_TRAIN,
+    SPLIT_VAL,
+    boxes_1024_to_xyxy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -162,10 +172,11 @@ def validate_vg_h5(data: dict, h5_file: str, image_ids: np.ndarray, num_classes:
     num_boxes, num_rels = len(data["labels"]), len(data["predicates"])
     _check_ranges(data["img_to_first_box"], data["img_to_last_box"], num_boxes, h5_file, "box", image_ids)
     _check_ranges(data["img_to_first_rel"], data["img_to_last_rel"], num_rels, h5_file, "rel", image_ids)
-    bad_split = np.flatnonzero(~np.isin(data["split"], (SPLIT_TRAIN, SPLIT_TEST)))
+    bad_split = np.flatnonzero(~np.isin(data["split"], (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST)))
     if bad_split.size:
         raise DatasetFormatError(
-            f"{h5_file}: 'split' must be 0 (train) or 2 (test); row {bad_split[0]} has {data['split'][bad_split[0]]}"
+            f"{h5_file}: 'split' must be 0 (train), 1 (unused) or 2 (test); row {bad_split[0]} has "
+            f"{data['split'][bad_split[0]]}"
         )
     bad = np.flatnonzero((data["labels"] < 1) | (data["labels"] > num_classes))
     if bad.size:
@@ -270,6 +281,9 @@ def load_vg_sgg(
     image_ids, widths, heights, names = read_image_data(image_data_file, num_rows, h5_file)
     validate_vg_h5(data, h5_file, image_ids, len(thing_classes), len(predicate_classes))
 
+    unused = int((data["split"] == SPLIT_VAL).sum())
+    if unused:
+        logger.warning(f"{h5_file}: {unused} image rows have split 1, which the VG150 convention does not use")
     rows = _split_rows(data, split, num_val_images, filter_empty_rels)
     file_names = [os.path.join(image_root, names[i]) for i in rows.tolist()]
     arrays = _gather_split(data, rows, image_ids, widths, heights, file_names)

@@ -3,9 +3,10 @@
 Files of one dataset:
 
 - ``VG-SGG.h5`` (or ``VG-SGG-with-attri.h5``, which adds attribute fields): per image row ``split`` (0 train,
-  2 test), ``img_to_first_box``/``img_to_last_box`` and ``img_to_first_rel``/``img_to_last_rel`` (inclusive,
-  -1 when none); per box ``labels`` [B,1] (1..C) and ``boxes_1024`` [B,4] (x_center, y_center, w, h) at a scale
-  where the image's longer side is 1024; per relation ``relationships`` [R,2] (global box indices) and
+  2 test; 1 is a val split that the conversion script can write and the published convention ignores),
+  ``img_to_first_box``/``img_to_last_box`` and ``img_to_first_rel``/``img_to_last_rel`` (inclusive, -1 when
+  none); per box ``labels`` [B,1] (1..C) and ``boxes_1024`` [B,4] (x_center, y_center, w, h) at a scale where
+  the image's longer side is 1024; per relation ``relationships`` [R,2] (global box indices) and
   ``predicates`` [R,1] (1..P-1).
 - ``VG-SGG-dicts.json``: ``idx_to_label``/``idx_to_predicate`` with 1-based string keys (plus counts).
 - ``image_data.json``: one entry per h5 row, in order: ``image_id``, ``width``, ``height``, ``url``.
@@ -22,7 +23,7 @@ import numpy as np
 from .arrays import segment_starts
 
 BOX_SCALE = 1024
-SPLIT_TRAIN, SPLIT_TEST = 0, 2
+SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = 0, 1, 2  # the published convention uses no row of split 1
 # image_data.json lists these four VG images, the h5 does not: dropping them aligns the two row by row.
 CORRUPT_IMAGE_IDS = (1592, 1722, 4616, 4617)
 H5_KEYS = (

@@ -95,7 +95,9 @@ class GatedGraphUpdate(nn.Module):
         """[..., M] -> [..., 3D]: W_z a ; W_r a ; W_h a."""
         return self.message(message)
 
-    def update(self, h: torch.Tensor, message_terms: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def update(
+        self, h: torch.Tensor, message_terms: torch.Tensor, scale: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """New states [..., D] from states ``h`` [..., D] and precomputed ``message_terms`` [..., 3D].
 
         ``message_terms`` may broadcast against ``h`` (one term shared by several nodes); ``scale`` [..., 1] then

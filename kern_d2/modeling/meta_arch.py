@@ -12,6 +12,8 @@ import torch
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Instances
 
+from kern_d2.structures import SceneGraphInstances
+
 from .roi_heads import sgg_mode
 
 
@@ -83,9 +85,9 @@ class SceneGraphRCNN(GeneralizedRCNN):
 def rescale_predictions(instances: Instances, height: int, width: int) -> Instances:
     """Scale ``pred_boxes`` from the network's input size to (height, width) and clip; keeps every box."""
     scale_x, scale_y = width / instances.image_size[1], height / instances.image_size[0]
-    result = Instances((height, width))
+    result = SceneGraphInstances((height, width))
     for name, value in instances.get_fields().items():
-        result._fields[name] = value
+        result.set(name, value)
     result.pred_boxes.scale(scale_x, scale_y)
     result.pred_boxes.clip(result.image_size)
     return result

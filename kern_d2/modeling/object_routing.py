@@ -32,7 +32,9 @@ def _image_index(
         return index, num_images
     counts = [int(n) for n in image_index]
     if sum(counts) != num_objects:
-        raise ValueError(f"ObjectRouting: num_objects {counts} sum to {sum(counts)}, but there are {num_objects} objects")
+        raise ValueError(
+            f"ObjectRouting: num_objects {counts} sum to {sum(counts)}, but there are {num_objects} objects"
+        )
     index = torch.repeat_interleave(
         torch.arange(len(counts), device=device), torch.tensor(counts, device=device), output_size=num_objects
     )
@@ -112,7 +114,8 @@ class ObjectRouting(nn.Module):
         n, c, d = obj_features.shape[0], self.num_classes, self.hidden_dim
         if obj_features.dim() != 2 or obj_features.shape[1] != self.input_proj.in_features:
             raise ValueError(
-                f"ObjectRouting: obj_features must be [N, {self.input_proj.in_features}], got {tuple(obj_features.shape)}"
+                f"ObjectRouting: obj_features must be [N, {self.input_proj.in_features}], "
+                f"got {tuple(obj_features.shape)}"
             )
         if cooccurrence.shape != (c, c):
             raise ValueError(f"ObjectRouting: cooccurrence must be [{c}, {c}], got {tuple(cooccurrence.shape)}")

@@ -3,7 +3,8 @@ from typing import Tuple
 
 import torch
 
-from detectron2.structures import Boxes, pairwise_intersection, pairwise_iou
+from detectron2.structures import Boxes, pairwise_iou
+from detectron2.structures.boxes import pairwise_intersection
 
 
 def all_ordered_pairs(num_boxes: int, device: torch.device) -> torch.Tensor:

@@ -324,7 +324,8 @@ class KnowledgePriors(nn.Module):
             got = f"{counts[0]} classes and {counts[1]} predicates" if counts else "other shapes"
             raise ValueError(
                 f"checkpoint priors ({prefix}*) have {got}, but the model has {self.num_classes} classes and "
-                f"{self.num_predicates} predicates (MODEL.ROI_HEADS.NUM_CLASSES, MODEL.ROI_RELATION_HEAD.NUM_PREDICATES)"
+                f"{self.num_predicates} predicates "
+                "(MODEL.ROI_HEADS.NUM_CLASSES, MODEL.ROI_RELATION_HEAD.NUM_PREDICATES)"
             )
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors

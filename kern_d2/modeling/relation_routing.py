@@ -20,6 +20,14 @@ from .ggnn import GatedGraphUpdate
 __all__ = ["RelationRouting"]
 
 
+def _weighted_predicate_sum(weights: torch.Tensor, h_pred: torch.Tensor) -> torch.Tensor:
+    """[R, D]: sum_k a_k h_k from weights [R, P] and predicate states [R, P or 1, D]."""
+    if h_pred.shape[1] == 1:  # before the first update every predicate node holds the same state
+        return weights.sum(dim=1, keepdim=True) * h_pred[:, 0]
+    # A batched gemv; measured faster on an H100 than a mul-sum, also when inductor fuses that into the update.
+    return torch.bmm(weights[:, None, :], h_pred).squeeze(1)
+
+
 class RelationRouting(nn.Module):
     """Relation logits [R, P] for R candidate pairs.
 
@@ -122,8 +130,7 @@ class RelationRouting(nn.Module):
         h_so, h_pred = h_so_0, h_pred_0  # h_pred broadcasts over the P nodes until the first update
         for _ in range(self.num_steps):
             pred_terms = F.linear(h_so.sum(dim=1), w_incoming)[:, None, :]  # [R, 1, 3D], times a_k per node
-            weighted = torch.bmm(weights[:, None, :], h_pred.expand(r, p, d)).squeeze(1)  # [R, D] sum_k a_k h_k
-            so_terms = F.linear(weighted, w_outgoing)[:, None, :]  # [R, 1, 3D], same for s and o
+            so_terms = F.linear(_weighted_predicate_sum(weights, h_pred), w_outgoing)[:, None, :]  # same for s, o
             h_so, h_pred = self.update.update(h_so, so_terms), self.update.update(h_pred, pred_terms, scale)
         h_pred = h_pred.expand(r, p, d)
 
@@ -131,8 +138,10 @@ class RelationRouting(nn.Module):
         w_t, w_0 = self.output.weight[:, :d], self.output.weight[:, d:]
         out_so = F.relu(F.linear(h_so, w_t) + F.linear(h_so_0, w_0, self.output.bias))  # [R, 2, O]
         out_pred = F.relu(F.linear(h_pred, w_t) + F.linear(h_pred_0, w_0, self.output.bias))  # [R, P, O]
-        # The classifier over the node outputs in the order s, o, predicates, without concatenating them.
+        # The classifier over the node outputs in the order s, o, predicates, without concatenating them, computed
+        # transposed (W @ nodes^T, [P, R]): for this skinny product cuBLAS is ~3x faster that way round (H100).
         split = 2 * out_so.shape[2]
         w_cls = self.classifier.weight
-        logits = F.linear(out_pred.reshape(r, p * out_pred.shape[2]), w_cls[:, split:], self.classifier.bias)
-        return logits + F.linear(out_so.reshape(r, split), w_cls[:, :split])
+        logits_t = F.linear(w_cls[:, split:], out_pred.reshape(r, p * out_pred.shape[2]))
+        logits_t = logits_t + F.linear(w_cls[:, :split], out_so.reshape(r, split))
+        return logits_t.t() + self.classifier.bias.to(logits_t.dtype)  # autocast: bf16 like F.linear

@@ -15,7 +15,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from kern_d2.layers import PairUnionPooler
-from kern_d2.structures import set_relation_predictions
+from kern_d2.structures import SceneGraphInstances, set_relation_predictions
 
 from .object_routing import ObjectRouting
 from .pair_sampling import all_ordered_pairs, detected_pair_labels, gt_pair_labels, overlapping, sample_pairs
@@ -86,7 +86,7 @@ class KERNROIHeads(StandardROIHeads):
         mode: str,
         relation_in_features: List[str],
         pairs_per_image: int,
-        positive_fraction: float,
+        pair_positive_fraction: float,
         fg_iou_threshold: float,
         max_detections: int,
         detection_nms_thresh: float,
@@ -106,7 +106,7 @@ class KERNROIHeads(StandardROIHeads):
         self.mode = mode
         self.relation_in_features = relation_in_features
         self.pairs_per_image = pairs_per_image
-        self.positive_fraction = positive_fraction
+        self.pair_positive_fraction = pair_positive_fraction
         self.fg_iou_threshold = fg_iou_threshold
         self.max_detections = max_detections
         self.detection_nms_thresh = detection_nms_thresh
@@ -160,7 +160,7 @@ class KERNROIHeads(StandardROIHeads):
             mode=mode,
             relation_in_features=in_features,
             pairs_per_image=rel.BATCH_SIZE_PER_IMAGE,
-            positive_fraction=rel.POSITIVE_FRACTION,
+            pair_positive_fraction=rel.POSITIVE_FRACTION,
             fg_iou_threshold=rel.FG_IOU_THRESHOLD,
             max_detections=rel.MAX_DETECTIONS,
             detection_nms_thresh=rel.DETECTION_NMS_THRESH,
@@ -210,11 +210,7 @@ class KERNROIHeads(StandardROIHeads):
         """Object logits [N, C] from object routing, or from the detector (background column dropped)."""
         if self.object_routing is None:
             return detector_logits[:, :-1]
-        image_index = torch.repeat_interleave(
-            torch.arange(len(num_per_image), device=obj_feats.device),
-            torch.as_tensor(num_per_image, device=obj_feats.device),
-        )
-        return self.object_routing(obj_feats, image_index, self.priors.obj_cooccurrence)
+        return self.object_routing(obj_feats, list(num_per_image), self.priors.obj_cooccurrence)
 
     # ---------------------------------------------------------------- forward
     def forward(self, images, features, proposals, targets=None):
@@ -277,7 +273,7 @@ class KERNROIHeads(StandardROIHeads):
             object_targets.append(obj_target)
             pairs = all_ordered_pairs(len(boxes[i]), obj_feats.device)
             pairs, pair_targets = sample_pairs(
-                pairs, pair_labels[pairs[:, 0], pairs[:, 1]], self.pairs_per_image, self.positive_fraction
+                pairs, pair_labels[pairs[:, 0], pairs[:, 1]], self.pairs_per_image, self.pair_positive_fraction
             )
             pair_list.append(pairs)
             label_list.append(pair_targets)
@@ -330,7 +326,7 @@ class KERNROIHeads(StandardROIHeads):
             rel_scores = torch.cat(rel_scores)
             triplet = rel_scores[:, 1:].max(dim=1).values * scores[pairs[:, 0]] * scores[pairs[:, 1]]
             order = torch.argsort(triplet, descending=True, stable=True)
-            result = Instances(image_sizes[i])
+            result = SceneGraphInstances(image_sizes[i])
             result.pred_boxes = Boxes(image_boxes.tensor.clone())
             result.pred_classes = labels
             result.scores = scores

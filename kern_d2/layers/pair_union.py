@@ -1,0 +1,131 @@
+"""Pair-union ops of kern_d2._C (``torch.ops.kern_d2.*``) and their plain-PyTorch helpers.
+
+A relation pair (subject, object) is described by its *union box*: x1 = min, y1 = min, x2 = max, y2 = max of the
+two boxes. The compiled ops work on the union box without materialising it:
+
+- :func:`pair_union_roi_align`: RoIAlign (torchvision semantics) of the union box of every pair, with a backward.
+- :func:`box_pair_masks`: the subject and object rectangles drawn inside the union box (the "spatial map").
+"""
+import functools
+from typing import Tuple, Union
+
+import torch
+
+__all__ = [
+    "box_pair_masks",
+    "box_pair_masks_reference",
+    "pair_union_roi_align",
+    "union_boxes",
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _ops():
+    """``torch.ops.kern_d2``, after importing kern_d2._C (whose import registers the ops)."""
+    try:
+        import kern_d2._C  # noqa: F401
+    except ImportError as e:
+        raise ImportError("kern_d2._C is not built: run bash scripts/install.sh") from e
+    return torch.ops.kern_d2
+
+
+def _box_tensor(boxes) -> torch.Tensor:
+    """The tensor of a detectron2 ``Boxes`` (or the tensor itself)."""
+    return boxes.tensor if hasattr(boxes, "tensor") else boxes
+
+
+def union_boxes(boxes: torch.Tensor, pair_idx: torch.Tensor) -> torch.Tensor:
+    """
+    Args:
+        boxes: [K, 4] XYXY boxes (or ``Boxes``).
+        pair_idx: int64 [M, 2] (subject row, object row) into ``boxes``.
+
+    Returns:
+        [M, 4] XYXY union box of each pair.
+    """
+    boxes = _box_tensor(boxes)
+    subject, object_ = boxes[pair_idx[:, 0]], boxes[pair_idx[:, 1]]
+    return torch.cat([torch.minimum(subject[:, :2], object_[:, :2]), torch.maximum(subject[:, 2:], object_[:, 2:])], 1)
+
+
+def box_pair_masks(boxes: torch.Tensor, pair_idx: torch.Tensor, size: int) -> torch.Tensor:
+    """
+    Subject and object rectangles of each pair, drawn inside the pair's union box rescaled to a size x size grid.
+
+    Cell (r, c) covers [u_x1 + c*w/size, u_x1 + (c+1)*w/size) x [u_y1 + r*h/size, u_y1 + (r+1)*h/size) of the
+    union box (u_x1, u_y1, u_x2, u_y2), w = u_x2 - u_x1, h = u_y2 - u_y1. It is 1 in a box's channel when the
+    cell centre lies inside the box, borders included. The test is evaluated without a division, as
+    ``size * (x1 - u_x1) <= (c + 0.5) * w <= size * (x2 - u_x1)`` (likewise for rows with y1, y2, h), in float64
+    for float64 boxes and in float32 otherwise, so a degenerate union box (w == 0 or h == 0) counts the whole
+    axis as inside. :func:`box_pair_masks_reference` computes the same in plain PyTorch.
+
+    Args:
+        boxes: [K, 4] XYXY boxes of any floating dtype (or ``Boxes``).
+        pair_idx: int64 [M, 2] (subject row, object row) into ``boxes``.
+        size: side of the grid.
+
+    Returns:
+        float32 [M, 2, size, size]: channel 0 the subject, channel 1 the object. Not differentiable.
+    """
+    return _ops().box_pair_masks(_box_tensor(boxes), pair_idx, int(size))
+
+
+def box_pair_masks_reference(boxes: torch.Tensor, pair_idx: torch.Tensor, size: int) -> torch.Tensor:
+    """Plain-PyTorch :func:`box_pair_masks` (same cells, bit for bit): for when the extension is not at hand and
+    as the composite baseline of the benchmark."""
+    boxes = _box_tensor(boxes)
+    dtype = torch.float64 if boxes.dtype == torch.float64 else torch.float32
+    boxes = boxes.to(dtype)
+    union = union_boxes(boxes, pair_idx)
+    centres = torch.arange(size, dtype=dtype, device=boxes.device) + 0.5
+    masks = []
+    for box in (boxes[pair_idx[:, 0]], boxes[pair_idx[:, 1]]):
+        inside = []
+        for lo, hi in ((1, 3), (0, 2)):  # rows from y, columns from x
+            centre = centres * (union[:, hi] - union[:, lo])[:, None]  # [M, size]
+            start = ((box[:, lo] - union[:, lo]) * size)[:, None]
+            end = ((box[:, hi] - union[:, lo]) * size)[:, None]
+            inside.append((start <= centre) & (centre <= end))
+        masks.append(inside[0][:, :, None] & inside[1][:, None, :])
+    return torch.stack(masks, dim=1).to(torch.float32)
+
+
+def _square_size(output_size: Union[int, Tuple[int, int]]) -> int:
+    if isinstance(output_size, int):
+        return output_size
+    output_size = tuple(output_size)
+    if len(output_size) != 2 or output_size[0] != output_size[1]:
+        raise ValueError(f"pair_union_roi_align: output_size must be an int or a square (n, n), got {output_size}")
+    return int(output_size[0])
+
+
+def pair_union_roi_align(
+    features: torch.Tensor,
+    boxes: torch.Tensor,
+    pair_idx: torch.Tensor,
+    output_size: Union[int, Tuple[int, int]],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> torch.Tensor:
+    """
+    RoIAlign over the union box of each pair: equal to ``torchvision.ops.roi_align(features, union_rois,
+    output_size, spatial_scale, sampling_ratio, aligned)`` (same defaults), without building ``union_rois``.
+    Differentiable w.r.t. ``features`` (twice); the boxes get no gradient. Half/bfloat16 features run natively
+    with fp32 accumulation (also under autocast).
+
+    Args:
+        features: [B, C, H, W].
+        boxes: [K, 5] rows (batch index, x1, y1, x2, y2) in image coordinates, any floating dtype.
+        pair_idx: int64 [M, 2] (subject row, object row) into ``boxes``; both boxes of a pair in the same image.
+        output_size: side n of the n x n output (or a square (n, n)).
+        spatial_scale: feature-map scale relative to the image coordinates of the boxes (1 / stride).
+        sampling_ratio: samples per bin along each axis; <= 0 for ceil(bin size).
+        aligned: shift the box by -0.5 pixel (detectron2's ROIAlignV2).
+
+    Returns:
+        [M, C, n, n] in the dtype of ``features``.
+    """
+    return _ops().pair_union_roi_align(
+        features, boxes, pair_idx, _square_size(output_size), float(spatial_scale), int(sampling_ratio), bool(aligned)
+    )

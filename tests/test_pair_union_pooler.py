@@ -1,0 +1,134 @@
+"""PairUnionPooler against detectron2's ROIPooler run on materialised union boxes."""
+import pytest
+import torch
+from torch.testing import assert_close
+
+from detectron2.modeling.poolers import ROIPooler, assign_boxes_to_levels
+from detectron2.structures import Boxes
+
+from kern_d2.layers import PairUnionPooler, union_boxes
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+# 64 x 80 images; with canonical size 32 at level 3, union boxes of sqrt(area) < 32 go to level 2, [32, 64) to
+# level 3 and >= 64 to level 4.
+IMAGE_H, IMAGE_W = 64, 80
+CANONICAL = dict(canonical_box_size=32, canonical_level=3)
+
+
+def make_batch(num_images=3, channels=4, num_levels=3, pairs_per_image=(7, 0, 9), seed=0):
+    """Features per level (strides 4, 8, 16, ...), boxes per image (small and large, so that the unions spread over
+    all levels) and pair indices per image; image 1 has no pairs."""
+    g = torch.Generator().manual_seed(seed)
+    features = [
+        torch.randn(num_images, channels, IMAGE_H // 2 ** (2 + level), IMAGE_W // 2 ** (2 + level), generator=g)
+        for level in range(num_levels)
+    ]
+    boxes, pair_idxs = [], []
+    for i in range(num_images):
+        k = 6
+        xy = torch.rand(k, 2, generator=g) * torch.tensor([IMAGE_W, IMAGE_H]) - 4
+        side = torch.tensor([4.0, 8, 14, 22, 40, 70])[:, None] * (0.5 + torch.rand(k, 2, generator=g))
+        boxes.append(torch.cat([xy, xy + side], dim=1))
+        pair_idxs.append(torch.randint(0, k, (pairs_per_image[i], 2), generator=g))
+    return features, boxes, pair_idxs
+
+
+def reference(features, boxes, pair_idxs, scales, aligned=True, sampling_ratio=0):
+    pooler = ROIPooler(7, scales, sampling_ratio, "ROIAlignV2" if aligned else "ROIAlign", **CANONICAL)
+    return pooler(features, [Boxes(union_boxes(b, p)) for b, p in zip(boxes, pair_idxs)])
+
+
+def pooled_with_grads(pool, features, *args):
+    features = [x.detach().requires_grad_(True) for x in features]
+    out = pool(features, *args)
+    r = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
+    grads = torch.autograd.grad(out, features, r)
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("num_levels", [1, 3])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_matches_roi_pooler_on_union_boxes(num_levels, aligned):
+    features, boxes, pair_idxs = make_batch(num_levels=num_levels)
+    scales = [1 / 2 ** (2 + level) for level in range(num_levels)]
+    pooler = PairUnionPooler(7, scales, sampling_ratio=0, aligned=aligned, **CANONICAL)
+    out, grads = pooled_with_grads(pooler, features, [Boxes(b) for b in boxes], pair_idxs)
+    ref, ref_grads = pooled_with_grads(
+        lambda x, b, p: reference(x, b, p, scales, aligned), features, boxes, pair_idxs
+    )
+    assert out.shape == (16, 4, 7, 7)
+    assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
+    if num_levels == 3:  # the batch exercises every level
+        levels = assign_boxes_to_levels(
+            [Boxes(union_boxes(b, p)) for b, p in zip(boxes, pair_idxs)], 2, 4, **CANONICAL
+        )
+        assert set(levels.tolist()) == {0, 1, 2}
+
+
+def test_order_is_images_then_pairs():
+    features, boxes, pair_idxs = make_batch(num_levels=1, pairs_per_image=(3, 2, 4))
+    pooler = PairUnionPooler(5, [0.25], sampling_ratio=2)
+    out = pooler(features, boxes, pair_idxs)
+    per_image = [pooler(features, [b if j == i else b[:0] for j, b in enumerate(boxes)],
+                        [p if j == i else p[:0] for j, p in enumerate(pair_idxs)]) for i in range(3)]
+    assert torch.equal(out, torch.cat(per_image))
+
+
+def test_no_pairs_and_no_images():
+    features, boxes, pair_idxs = make_batch(pairs_per_image=(0, 0, 0))
+    pooler = PairUnionPooler(7, [1 / 4, 1 / 8, 1 / 16], sampling_ratio=0, **CANONICAL)
+    assert pooler(features, boxes, pair_idxs).shape == (0, 4, 7, 7)
+    empty_batch = [x[:0] for x in features]
+    assert pooler(empty_batch, [], []).shape == (0, 4, 7, 7)
+
+
+@pytest.mark.parametrize(
+    "scales, message",
+    [
+        ([1 / 4, 1 / 6], "powers of 2"),
+        ([1 / 4, 1 / 16], "do not form a pyramid"),
+        ([], "non-empty"),
+    ],
+)
+def test_invalid_scales_raise(scales, message):
+    with pytest.raises(ValueError, match=message):
+        PairUnionPooler(7, scales, sampling_ratio=0)
+
+
+def test_invalid_inputs_raise():
+    features, boxes, pair_idxs = make_batch()
+    pooler = PairUnionPooler(7, [1 / 4, 1 / 8, 1 / 16], sampling_ratio=0)
+    with pytest.raises(ValueError, match="expected 3 feature maps"):
+        pooler(features[:2], boxes, pair_idxs)
+    with pytest.raises(ValueError, match="batch size 3 but got boxes for 2 images"):
+        pooler(features, boxes[:2], pair_idxs[:2])
+    with pytest.raises(ValueError, match="feature map 1 has shape"):
+        pooler([features[0], features[1][:, :2], features[2]], boxes, pair_idxs)
+    with pytest.raises(ValueError, match="boxes of image 2 must be \\[K, 4\\]"):
+        pooler(features, boxes[:2] + [boxes[2][:, :3]], pair_idxs)
+    with pytest.raises(ValueError, match="pair_idxs of image 0 must be int64"):
+        pooler(features, boxes, [pair_idxs[0].int()] + pair_idxs[1:])
+    bad = [pair_idxs[0].clone()] + pair_idxs[1:]
+    bad[0][0, 1] = 6  # image 0 has 6 boxes: index 6 is the first box of image 1
+    with pytest.raises(RuntimeError, match="both boxes of a pair must be in the same image"):
+        pooler(features, boxes, bad)
+
+
+@needs_cuda
+@pytest.mark.parametrize("num_levels", [1, 3])
+def test_cuda_matches_roi_pooler(num_levels):
+    features, boxes, pair_idxs = make_batch(num_levels=num_levels, channels=80, seed=2)
+    features = [x.cuda() for x in features]
+    boxes = [b.cuda() for b in boxes]
+    pair_idxs = [p.cuda() for p in pair_idxs]
+    scales = [1 / 2 ** (2 + level) for level in range(num_levels)]
+    pooler = PairUnionPooler(7, scales, sampling_ratio=0, **CANONICAL)
+    out, grads = pooled_with_grads(pooler, features, boxes, pair_idxs)
+    ref, ref_grads = pooled_with_grads(lambda x, b, p: reference(x, b, p, scales), features, boxes, pair_idxs)
+    assert out.is_cuda
+    assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
