@@ -16,7 +16,7 @@ test: install
 
 # Check that the CUDA kernels compile (nvcc needed; no GPU needed). Arch 9.0 = H100/H200.
 cuda-build: install
-	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} $(PY) setup.py -q build_ext \
+	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} $(PY) setup.py -q build_ext \
 	  --build-temp build/cuda-check/temp --build-lib build/cuda-check/lib
 	@echo "cuda-build: CUDA kernels compiled"
 

@@ -34,7 +34,6 @@ def add_kern_config(cfg):
     rel.POOLER_RESOLUTION = 7
     rel.POOLER_SAMPLING_RATIO = 2
     rel.MASK_SIZE = 27
-    rel.FC_DIM = 1024  # width of the union-feature fc head (and of the object feature projection input)
     # Gated graph routing (both GGNNs): steps T, hidden size D, per-node output size.
     rel.NUM_STEPS = 3
     rel.HIDDEN_DIM = 512

@@ -9,8 +9,18 @@ import weakref
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_setup, hooks
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_setup,
+    hooks,
+)
 from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from kern_d2.checkpoint import SGGCheckpointer
 from kern_d2.config import add_kern_config
@@ -24,13 +34,51 @@ def is_sgg_model(cfg) -> bool:
     return cfg.MODEL.META_ARCHITECTURE == "SceneGraphRCNN"
 
 
+def check_training_config(cfg) -> None:
+    """ValueError, naming the keys, for a config that cannot be trained: the FREQ head (nothing to learn) or a
+    best-model metric the evaluator does not report."""
+    if not is_sgg_model(cfg):
+        return
+    if cfg.MODEL.ROI_RELATION_HEAD.NAME == "FREQ":
+        raise ValueError(
+            "MODEL.ROI_RELATION_HEAD.NAME FREQ predicts from the dataset's predicate prior and has nothing to "
+            "train: evaluate it with --eval-only (MODEL.WEIGHTS = the detector)"
+        )
+    if cfg.TEST.SGG.BEST_METRIC and cfg.TEST.EVAL_PERIOD > 0:
+        best_metric_key(cfg)
+
+
+def wrap_for_distributed(model):
+    """``model`` in DistributedDataParallel when there are several processes. On CPU (gloo) the DDP module must
+    get no ``device_ids``; Detectron2's ``create_ddp_model`` always passes the local rank, which DDP rejects
+    for CPU modules."""
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    device_ids = [comm.get_local_rank()] if on_gpu else None
+    return create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+
+
 class SGGTrainer(DefaultTrainer):
-    """DefaultTrainer with SGG data, the scene-graph evaluator, crash-safe checkpoints and best-model keeping."""
+    """DefaultTrainer with SGG data, the scene-graph evaluator, crash-safe checkpoints, best-model keeping and
+    multi-process training on CPU as well as on GPUs."""
 
     def __init__(self, cfg):
-        if is_sgg_model(cfg) and cfg.MODEL.ROI_RELATION_HEAD.NAME == "FREQ":
-            raise ValueError("ROI_RELATION_HEAD.NAME=FREQ has nothing to train: evaluate it with --eval-only")
-        super().__init__(cfg)
+        # DefaultTrainer.__init__ with two changes: the DDP wrapper (see wrap_for_distributed) and SGGCheckpointer.
+        check_training_config(cfg)
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = wrap_for_distributed(model)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = SGGCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -55,25 +103,52 @@ class SGGTrainer(DefaultTrainer):
         return SceneGraphEvaluator.from_cfg(cfg, dataset_name, output_folder)
 
     def build_hooks(self):
-        # Replace Detectron2's checkpointer before the hooks capture it.
-        self.checkpointer = SGGCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         hook_list = super().build_hooks()
-        metric = self.cfg.TEST.SGG.BEST_METRIC if is_sgg_model(self.cfg) else ""
-        if metric and self.cfg.TEST.EVAL_PERIOD > 0:
+        if is_sgg_model(self.cfg) and self.cfg.TEST.SGG.BEST_METRIC and self.cfg.TEST.EVAL_PERIOD > 0:
             # After EvalHook (which puts the metrics in storage) and before the writers.
             position = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook)) + 1
+            best_saver = BestModelCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
             hook_list.insert(position, hooks.BestCheckpointer(
-                self.cfg.TEST.EVAL_PERIOD, self.checkpointer, f"sgg/{metric}", mode="max"
+                self.cfg.TEST.EVAL_PERIOD, best_saver, best_metric_key(self.cfg), mode="max"
             ))
         return hook_list
 
 
-def setup_cfg(args):
-    """Config from ``--config-file`` and ``opts`` with kern_d2's keys; Detectron2's default setup (logging, seeds)."""
+class BestModelCheckpointer(SGGCheckpointer):
+    """Saves ``model_best.pth`` without pointing ``last_checkpoint`` at it: ``--resume`` continues from the latest
+    periodic checkpoint, whose iteration count is the training's (the best model's records the evaluation's)."""
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        pass
+
+
+def best_metric_key(cfg) -> str:
+    """The storage key of TEST.SGG.BEST_METRIC as Detectron2's EvalHook flattens the evaluator's results:
+    ``sgg/<metric>`` for one test dataset, ``<first test dataset>/sgg/<metric>`` for several."""
+    metric = cfg.TEST.SGG.BEST_METRIC
+    name, _, k = metric.rpartition("@")
+    if not name or not k.isdigit() or int(k) not in tuple(cfg.TEST.SGG.KS):
+        raise ValueError(
+            f"TEST.SGG.BEST_METRIC {metric!r}: expected a recall at one of TEST.SGG.KS {tuple(cfg.TEST.SGG.KS)}, "
+            "e.g. 'mR@100', 'R@50' or 'ng-mR@100'"
+        )
+    if not len(cfg.DATASETS.TEST):
+        raise ValueError("TEST.EVAL_PERIOD > 0 and TEST.SGG.BEST_METRIC set, but DATASETS.TEST is empty")
+    return f"sgg/{metric}" if len(cfg.DATASETS.TEST) == 1 else f"{cfg.DATASETS.TEST[0]}/sgg/{metric}"
+
+
+def load_cfg(args):
+    """Config from ``--config-file`` and ``opts`` with kern_d2's keys (frozen)."""
     cfg = get_cfg()
     add_kern_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    return cfg
+
+
+def setup_cfg(args):
+    """:func:`load_cfg` and Detectron2's default setup (output folder, logging, seeds, config dump)."""
+    cfg = load_cfg(args)
     default_setup(cfg, args)
     return cfg

@@ -41,6 +41,24 @@ def read_metrics(output_dir):
         return json.load(f)["metrics"]  # percent
 
 
+def write_test_boxes(toy_root, path, num_images):
+    """gt boxes and labels of the first test images, in predict.py's --boxes-json format."""
+    from kern_d2.data import load_vg_sgg
+
+    dicts = load_vg_sgg(os.path.join(toy_root, "VG-SGG.h5"), os.path.join(toy_root, "VG-SGG-dicts.json"),
+                        os.path.join(toy_root, "image_data.json"), os.path.join(toy_root, "VG_100K"), "test")
+    with open(os.path.join(toy_root, "VG-SGG-dicts.json")) as f:
+        names = json.load(f)["idx_to_label"]
+    entries = {
+        d["file_name"]: {"boxes": [a["bbox"] for a in d["annotations"]],
+                         "labels": [names[str(a["category_id"] + 1)] for a in d["annotations"]]}
+        for d in dicts[:num_images]
+    }
+    with open(path, "w") as f:
+        json.dump(entries, f)
+    return {"path": path, "files": list(entries)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="output/toy")
@@ -77,10 +95,12 @@ def main():
 
     kern_dir = os.path.join(out, "kern_predcls")
     pictures = os.path.join(out, "pictures")
-    run_step("draw predictions on test images", [
-        "tools/predict.py", "--config-file", "configs/toy/kern_predcls.yaml", "--dataset", "toy_test",
-        "--num-images", "6", "--output", pictures, "--opts", "MODEL.WEIGHTS",
-        os.path.join(kern_dir, "model_final.pth"), "MODEL.ROI_RELATION_HEAD.PRIORS_FILE", priors], env=env)
+    boxes_json = write_test_boxes(toy_root, os.path.join(out, "test_boxes.json"), num_images=6)
+    run_step("draw KERN PredCls predictions on test images", [
+        "tools/predict.py", "--config-file", "configs/toy/kern_predcls.yaml", "--input", *boxes_json["files"],
+        "--boxes-json", boxes_json["path"], "--output", pictures, "--top-k", "10", "--num-workers", "0",
+        "--opts", "MODEL.WEIGHTS", os.path.join(kern_dir, "model_final.pth"),
+        "MODEL.ROI_RELATION_HEAD.PRIORS_FILE", priors], env=env)
 
     rows = {name: read_metrics(os.path.join(out, f"{name.lower()}_predcls")) for name in ("KERN", "VRFC", "FREQ")}
     header = f"{'PredCls, toy test':<18}" + "".join(f"{m:>10}" for m in METRICS)

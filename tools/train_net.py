@@ -4,13 +4,18 @@
   python tools/train_net.py --config-file configs/VG-KERN/kern_predcls.yaml --num-gpus 8
   python tools/train_net.py --config-file configs/VG-KERN/kern_predcls.yaml --eval-only MODEL.WEIGHTS model.pth
   python tools/train_net.py --config-file ... --resume          # continue from OUTPUT_DIR/last_checkpoint
+
+Without a GPU, ``--num-gpus N`` runs N CPU processes that talk through gloo (``--dist-url auto`` picks a free
+port).
 """
+import sys
+
 import kern_d2.data  # noqa: F401  (registers the builtin datasets)
 import kern_d2.modeling  # noqa: F401  (registers SceneGraphRCNN, KERNROIHeads, the toy backbone)
 from detectron2.engine import default_argument_parser, launch
 
 from kern_d2.checkpoint import SGGCheckpointer
-from kern_d2.engine import SGGTrainer, setup_cfg
+from kern_d2.engine import SGGTrainer, check_training_config, load_cfg, setup_cfg
 
 
 def main(args):
@@ -27,6 +32,12 @@ def main(args):
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
+    if not args.eval_only:
+        # Refuse a config that cannot train here, before any process is started.
+        try:
+            check_training_config(load_cfg(args))
+        except ValueError as e:
+            sys.exit(f"train_net.py: {args.config_file}: {e}")
     launch(
         main,
         args.num_gpus,

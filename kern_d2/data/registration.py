@@ -1,6 +1,6 @@
 """Register an SGG dataset in Detectron2's catalogs, with class names read now or on first load."""
 import os
-from typing import Callable, List, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -30,3 +30,21 @@ def register_sgg_dataset(
     MetadataCatalog.get(name).set(evaluator_type="sgg", **metadata)
     if os.path.isfile(classes_file):
         set_sgg_classes(name, *read_classes())
+
+
+def check_classes_match_config(dataset_names: Sequence[str], num_classes: int, num_predicates: int) -> None:
+    """Raise ValueError when a registered dataset's class lists do not have the config's sizes (C object classes,
+    P predicates with "no relation"), before any training step. Datasets whose classes are not known yet (their
+    class file is absent) are not checked here: their loader checks every label against its own lists."""
+    for name in dataset_names:
+        meta = MetadataCatalog.get(name)
+        things, predicates = meta.get("thing_classes", None), meta.get("predicate_classes", None)
+        if things is not None and len(things) != num_classes:
+            raise ValueError(
+                f"dataset {name} has {len(things)} object classes but MODEL.ROI_HEADS.NUM_CLASSES is {num_classes}"
+            )
+        if predicates is not None and len(predicates) != num_predicates:
+            raise ValueError(
+                f"dataset {name} has {len(predicates)} predicates ('no relation' included) but "
+                f"MODEL.ROI_RELATION_HEAD.NUM_PREDICATES is {num_predicates}"
+            )

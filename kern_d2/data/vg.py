@@ -95,9 +95,9 @@ def read_image_data(image_data_file: str, num_rows: int, h5_file: str):
         ids = np.array([e["image_id"] if "image_id" in e else e["id"] for e in entries], dtype=np.int64)
         widths = np.array([e["width"] for e in entries], dtype=np.int64)
         heights = np.array([e["height"] for e in entries], dtype=np.int64)
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise DatasetFormatError(
-            f"{image_data_file}: every entry needs 'image_id' (or 'id'), 'width' and 'height' ({e!r} missing)"
+            f"{image_data_file}: every entry needs an integer 'image_id' (or 'id'), 'width' and 'height' ({e!r})"
         ) from None
     if len(entries) != num_rows:
         keep = ~np.isin(ids, CORRUPT_IMAGE_IDS)
@@ -115,27 +115,60 @@ def read_image_data(image_data_file: str, num_rows: int, h5_file: str):
     return ids, widths, heights, names
 
 
+def _integer_field(value, key: str, h5_file: str) -> np.ndarray:
+    """int64 copy of an h5 field that must hold integers: any integer dtype, or floats with integral values."""
+    array = np.asarray(value)
+    if array.dtype.kind in "iub":
+        return array.astype(np.int64)
+    if array.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(array.ravel()) | (array.ravel() != np.round(array.ravel())))
+        if not bad.size:
+            return array.astype(np.int64)
+        raise DatasetFormatError(
+            f"{h5_file}: '{key}' must hold integers; it is {array.dtype} with non-integral values (flat index "
+            f"{bad[0]} is {array.ravel()[bad[0]]}, {bad.size} such values)"
+        )
+    raise DatasetFormatError(f"{h5_file}: '{key}' must hold integers, got dtype {array.dtype}")
+
+
+def _box_field(value, h5_file: str) -> np.ndarray:
+    """float64 copy of ``boxes_1024``: numbers, all finite."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf":
+        raise DatasetFormatError(f"{h5_file}: 'boxes_1024' must hold numbers, got dtype {array.dtype}")
+    array = array.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(array).all(axis=-1)) if array.ndim == 2 else []
+    if len(bad):
+        raise DatasetFormatError(f"{h5_file}: 'boxes_1024' box {bad[0]} is {array[bad[0]].tolist()} (not finite)")
+    return array
+
+
 def read_vg_h5(h5_file: str) -> dict:
     """All the h5 fields the loader needs, as flat numpy arrays, read once each."""
     _require_file(h5_file, "VG h5")
-    with h5py.File(h5_file, "r") as f:
-        missing = [k for k in H5_KEYS if k not in f]
-        if missing:
-            raise DatasetFormatError(f"{h5_file}: missing h5 datasets {missing} (found {sorted(f.keys())})")
-        data = {k: f[k][()] for k in H5_KEYS}
-        num_val_attr = f.attrs.get("num_val_images")
+    try:
+        with h5py.File(h5_file, "r") as f:
+            missing = [k for k in H5_KEYS if k not in f]
+            if missing:
+                raise DatasetFormatError(f"{h5_file}: missing h5 datasets {missing} (found {sorted(f.keys())})")
+            data = {k: f[k][()] for k in H5_KEYS}
+            num_val_attr = f.attrs.get("num_val_images")
+    except OSError as e:  # h5py: truncated file, bad signature, unreadable chunk
+        raise DatasetFormatError(
+            f"{h5_file}: cannot read the h5 file, it is truncated or corrupt ({e}); download or convert it again"
+        ) from None
     data["num_val_images"] = None if num_val_attr is None else int(num_val_attr)
     for key in ("split", "img_to_first_box", "img_to_last_box", "img_to_first_rel", "img_to_last_rel", "labels",
                 "predicates"):
-        data[key] = np.asarray(data[key], dtype=np.int64).reshape(len(data[key]), -1)
+        data[key] = _integer_field(data[key], key, h5_file).reshape(len(data[key]), -1)
         if data[key].shape[1] != 1:
             raise DatasetFormatError(f"{h5_file}: '{key}' must have shape [n] or [n, 1], got {data[key].shape}")
         data[key] = data[key][:, 0]
+    data["boxes_1024"] = _box_field(data["boxes_1024"], h5_file)
+    data["relationships"] = _integer_field(data["relationships"], "relationships", h5_file)
     for key, width in (("boxes_1024", 4), ("relationships", 2)):
-        data[key] = np.asarray(data[key])
         if data[key].ndim != 2 or data[key].shape[1] != width:
             raise DatasetFormatError(f"{h5_file}: '{key}' must have shape [n, {width}], got {data[key].shape}")
-    data["relationships"] = data["relationships"].astype(np.int64)
     return data
 
 
