@@ -40,6 +40,7 @@ from common import (
     profile_top_ops,
     release,
     resolve_device,
+    set_cpu_threads,
     synthetic_batch,
     targets_met,
     trainable_parameters,
@@ -58,10 +59,13 @@ def parse_args(argv=None):
     parser.add_argument("--images", type=int, help="batch size (default 8; 2 with --tiny)")
     parser.add_argument("--modes", default="sgdet,sgcls,predcls", help="KERN modes to time (comma-separated)")
     parser.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16", help="autocast dtype")
-    parser.add_argument("--warmup", type=int, help="untimed steps first (default 3; 1 with --tiny)")
+    parser.add_argument("--warmup", type=int,
+                        help="untimed steps first, the checked first step included (default 3; 1 with --tiny)")
     parser.add_argument("--repeats", type=int, help="timed steps (default 10; 2 with --tiny)")
     parser.add_argument("--lr", type=float, default=1e-4, help="SGD learning rate (small: random weights)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int,
+                        help="CPU intra-op threads (default: 1 with --tiny on CPU, else torch's)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top 15 ops of each KERN step")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides (KEY VALUE ...) applied to every model, e.g. "
@@ -93,8 +97,9 @@ def make_train_step(model, batch, device, amp: str, lr: float):
     return step
 
 
-def detections_per_image(model, step) -> list:
-    """Run ``step`` once, recording how many boxes the frozen detector hands to the relation part per image."""
+def step_with_detection_counts(model, step):
+    """Run ``step`` once; returns its losses and how many boxes the frozen detector handed to the relation part
+    per image (SGDet)."""
     heads = model.roi_heads
     counts = []
     detect = heads._detect
@@ -106,10 +111,10 @@ def detections_per_image(model, step) -> list:
 
     heads._detect = recording_detect
     try:
-        step()
+        losses = step()
     finally:
         del heads._detect  # back to the class's method
-    return counts
+    return losses, counts
 
 
 def run_case(name, args, device, sizes, batch):
@@ -123,16 +128,18 @@ def run_case(name, args, device, sizes, batch):
         inputs = batch
     step = make_train_step(model, inputs, device, args.amp, args.lr)
     notes = [f"trainable {count_parameters(trainable_parameters(model))} params"]
+    # The first step (a warm-up step) is checked: finite losses, and in SGDet the detections per image.
     if name == "sgdet":
-        counts = detections_per_image(model, step)
+        losses, counts = step_with_detection_counts(model, step)
         notes.append(f"detections/image {min(counts)}-{max(counts)}")
-        rel = cfg.MODEL.ROI_RELATION_HEAD
-        notes.append(f"pairs/image <= {rel.BATCH_SIZE_PER_IMAGE}")
-    losses = step()
+        notes.append(f"pairs/image <= {cfg.MODEL.ROI_RELATION_HEAD.BATCH_SIZE_PER_IMAGE}")
+    else:
+        losses = step()
+    notes.append("losses " + ", ".join(f"{k} {float(v):.3g}" for k, v in sorted(losses.items())))
     bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
     if bad:
         notes.append(f"NON-FINITE losses: {bad}")
-    result = measure(step, device, args.warmup, args.repeats)
+    result = measure(step, device, max(args.warmup - 1, 0), args.repeats)
     profile = profile_top_ops(step, device) if args.profile and name != "detector" else None
     del step, model, inputs
     release(device)
@@ -143,6 +150,7 @@ def run_case(name, args, device, sizes, batch):
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
+    set_cpu_threads(device, args.tiny, args.threads)
     sizes = Sizes.create(args.tiny, args.images)
     cfg = kern_config("sgdet", device, args.tiny, args.opts)
     num_classes, num_predicates = cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.ROI_RELATION_HEAD.NUM_PREDICATES

@@ -12,6 +12,7 @@ Scripts import it as ``common`` (their own folder is on ``sys.path`` when they a
 """
 import contextlib
 import datetime
+import gc
 import math
 import os
 import platform
@@ -53,6 +54,15 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available (use --device cpu --tiny)")
     return torch.device(name)
+
+
+def set_cpu_threads(device: torch.device, tiny: bool, threads) -> None:
+    """Intra-op CPU threads: ``threads`` if given, else 1 for a ``tiny`` CPU run (it checks code paths, not speed,
+    and one thread keeps it quick on a busy machine, where several threads per process thrash), else torch's."""
+    if threads is None and tiny and device.type == "cpu":
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def synchronize(device: torch.device) -> None:
@@ -148,7 +158,8 @@ def profile_top_ops(fn: Callable[[], object], device: torch.device, steps: int =
 
 
 def release(device: torch.device) -> None:
-    """Return cached blocks after a case's objects are gone, so the next case's peak starts clean."""
+    """Free a case's objects (the caller dropped its references) and return cached blocks to the device."""
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 

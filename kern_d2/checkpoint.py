@@ -276,14 +276,20 @@ class SGGCheckpointer(DetectionCheckpointer):
         except CheckpointError:
             raise
         except pickle.UnpicklingError as e:
-            if "Weights only load failed" in str(e):
-                reason = next((line for line in str(e).splitlines() if "GLOBAL" in line), "").strip()
+            # torch's weights-only unpickler names the Python object it refused in a line with "GLOBAL"; its other
+            # errors (unknown opcodes, ...) come from damaged bytes.
+            refused = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+            if refused:
                 raise CheckpointError(
                     f"{filename}: refused to load: it holds Python objects other than tensors and plain containers, "
-                    f"and unpickling them could run code ({reason or 'see torch.load weights_only'}). If you trust "
-                    f"this file, set {UNSAFE_PICKLE_ENV}=1."
+                    f"and unpickling them could run code ({refused[0]}). If you trust this file, set "
+                    f"{UNSAFE_PICKLE_ENV}=1."
                 ) from None
-            raise CheckpointError(f"{filename}: cannot read the checkpoint, it is truncated or corrupt ({e})") from e
+            boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+            reason = [line.strip() for line in str(e).splitlines() if line.strip() and not line.startswith(boilerplate)]
+            raise CheckpointError(
+                f"{filename}: cannot read the checkpoint, it is truncated or corrupt ({(reason or [str(e)])[-1]})"
+            ) from e
         except Exception as e:  # noqa: BLE001 -- torch/pickle raise OSError, KeyError, RuntimeError, EOFError ...
             raise CheckpointError(
                 f"{filename}: cannot read the checkpoint, it is truncated or corrupt ({type(e).__name__}: {e})"

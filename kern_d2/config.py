@@ -58,6 +58,9 @@ def add_kern_config(cfg):
     # Training: a (subject, object) pair annotated with several predicates keeps one, sampled per epoch.
     cfg.DATASETS.SGG.SAMPLE_DUPLICATE_PAIRS = True
 
+    # Mixed precision of Detectron2's AMPTrainer (SOLVER.AMP.ENABLED): "float16" (its default) or "bfloat16".
+    cfg.SOLVER.AMP.PRECISION = "float16"
+
     cfg.TEST.SGG = CN()
     cfg.TEST.SGG.KS = (20, 50, 100)
     cfg.TEST.SGG.IOU_THRESH = 0.5

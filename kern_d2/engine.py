@@ -7,6 +7,8 @@ import logging
 import os
 import weakref
 
+import torch
+
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import (
@@ -145,6 +147,14 @@ def load_cfg(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     return cfg
+
+
+def amp_precision(cfg) -> torch.dtype:
+    """The autocast dtype named by ``SOLVER.AMP.PRECISION``."""
+    choices = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+    if cfg.SOLVER.AMP.PRECISION not in choices:
+        raise ValueError(f"SOLVER.AMP.PRECISION must be one of {sorted(choices)}, got {cfg.SOLVER.AMP.PRECISION!r}")
+    return choices[cfg.SOLVER.AMP.PRECISION]
 
 
 def setup_cfg(args):

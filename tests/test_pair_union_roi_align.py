@@ -200,7 +200,7 @@ def _case_with(**changes):
 )
 def test_invalid_inputs_raise(changes, message):
     args = _case_with(**changes)
-    with pytest.raises(RuntimeError, match=message):
+    with pytest.raises((ValueError, RuntimeError), match=message):
         pair_union_roi_align(args["features"], args["boxes"], args["pair_idx"], args["output_size"], SCALE, 0, True)
 
 
@@ -247,10 +247,13 @@ def test_cuda_matches_cpu_and_torchvision(aligned, sampling_ratio, output_size):
     out_cuda, grad_cuda = forward_and_grad(fused, features.cuda(), cuda_args)
     ref_cuda, ref_grad_cuda = forward_and_grad(composite, features.cuda(), cuda_args)
     assert out_cuda.is_cuda and out_cuda.dtype == torch.float32
-    assert_close(out_cuda.cpu(), out, rtol=1e-5, atol=1e-5)
-    assert_close(grad_cuda.cpu(), grad, rtol=1e-5, atol=1e-5)
-    assert_close(out_cuda, ref_cuda, rtol=1e-5, atol=1e-5)
-    assert_close(grad_cuda, ref_grad_cuda, rtol=1e-5, atol=1e-5)
+    # fp32 sums in another order (and nvcc's fused multiply-adds): on the H100, differences reach ~3e-5 on these
+    # randn features of magnitude <= 5; the float64 test below checks the arithmetic itself tightly.
+    tol = dict(rtol=1e-4, atol=5e-5)
+    assert_close(out_cuda.cpu(), out, **tol)
+    assert_close(grad_cuda.cpu(), grad, **tol)
+    assert_close(out_cuda, ref_cuda, **tol)
+    assert_close(grad_cuda, ref_grad_cuda, **tol)
 
 
 @needs_cuda

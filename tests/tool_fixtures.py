@@ -7,8 +7,11 @@ per batch, no loader workers) so that the whole set of end-to-end tests takes a 
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import uuid
 from typing import Dict, List
 
 import pytest
@@ -28,7 +31,7 @@ MODE_CONFIGS = {mode: os.path.join(ROOT, "configs", "toy", f"kern_{mode}.yaml") 
 MODE_OPTS = {
     "predcls": ["SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "2"],
     "sgcls": [],
-    "sgdet": [],
+    "sgdet": ["MODEL.ROI_RELATION_HEAD.MAX_DETECTIONS", "16"],  # 240 pairs per image instead of 4,032
 }
 
 
@@ -43,6 +46,12 @@ class ToyTools:
         self.priors = os.path.join(work, "priors.npz")
         self._runs: Dict[str, str] = {}
         self._evaluations: Dict[tuple, str] = {}
+
+    def scratch(self, name: str) -> str:
+        """A new empty folder in ``work`` (name made unique)."""
+        path = os.path.join(self.work, f"{name}_{uuid.uuid4().hex[:6]}")
+        os.makedirs(path)
+        return path
 
     def run(self, tool: str, *args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
         """``python tools/<tool> args`` in ``work``; with ``check`` a non-zero exit fails with the output's tail."""
@@ -76,7 +85,7 @@ class ToyTools:
         if key not in self._evaluations:
             output_dir = os.path.join(self.work, f"eval_{mode}_{processes}proc")
             weights = os.path.join(self.trained(mode), "model_final.pth")
-            self.train_net(MODE_CONFIGS[mode], output_dir, "MODEL.WEIGHTS", weights,
+            self.train_net(MODE_CONFIGS[mode], output_dir, *MODE_OPTS[mode], "MODEL.WEIGHTS", weights,
                            args=["--eval-only", *distributed_args(processes)])
             self._evaluations[key] = output_dir
         return self._evaluations[key]
@@ -88,9 +97,19 @@ def distributed_args(processes: int) -> List[str]:
 
 
 @pytest.fixture(scope="session")
-def toy_tools(tmp_path_factory) -> ToyTools:
-    """The toy dataset, a toy detector trained for DETECTOR_ITERS iterations and the priors, made by the tools."""
-    tools = ToyTools(str(tmp_path_factory.mktemp("tools_e2e")))
+def toy_tools() -> ToyTools:
+    """The toy dataset, a toy detector trained for DETECTOR_ITERS iterations and the priors, made by the tools.
+
+    The work folder is a private temporary folder, not pytest's numbered base folder, which a concurrent pytest
+    session may clean up while these minutes-long tests run."""
+    work = tempfile.mkdtemp(prefix="kern_d2_tools_e2e_")
+    try:
+        yield _prepare(ToyTools(work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _prepare(tools: ToyTools) -> ToyTools:
     tools.run("make_toy_dataset.py", "--output", tools.toy_root, "--num-train", str(NUM_TRAIN),
               "--num-val", str(NUM_VAL), "--num-test", str(NUM_TEST))
     tools.run("train_net.py", "--config-file", os.path.join(ROOT, "configs", "toy", "toy_detector.yaml"),

@@ -125,8 +125,8 @@ def _integer_field(value, key: str, h5_file: str) -> np.ndarray:
         if not bad.size:
             return array.astype(np.int64)
         raise DatasetFormatError(
-            f"{h5_file}: '{key}' must hold integers; it is {array.dtype} with non-integral values (flat index "
-            f"{bad[0]} is {array.ravel()[bad[0]]}, {bad.size} such values)"
+            f"{h5_file}: '{key}' must hold integers; it is {array.dtype} with non-integral or non-finite values "
+            f"(flat index {bad[0]} is {array.ravel()[bad[0]]}, {bad.size} such values)"
         )
     raise DatasetFormatError(f"{h5_file}: '{key}' must hold integers, got dtype {array.dtype}")
 
@@ -244,12 +244,23 @@ def validate_vg_h5(data: dict, h5_file: str, image_ids: np.ndarray, num_classes:
         )
 
 
-def _split_rows(data: dict, split: str, num_val_images: int, filter_empty_rels: bool) -> np.ndarray:
-    """h5 rows of the split, in file order."""
+def _split_rows(
+    data: dict, split: str, num_val_images: int, filter_empty_rels: bool, source: str
+) -> np.ndarray:
+    """h5 rows of the split, in file order. Rows without boxes (and, with ``filter_empty_rels``, without relations)
+    are left out, counted and logged with ``source``."""
     flag = SPLIT_TEST if split == "test" else SPLIT_TRAIN
-    mask = (data["split"] == flag) & (data["img_to_first_box"] >= 0)
+    in_split = data["split"] == flag
+    mask = in_split & (data["img_to_first_box"] >= 0)
+    without_boxes = int((in_split & ~mask).sum())
+    without_relations = 0
     if filter_empty_rels:
+        without_relations = int((mask & (data["img_to_first_rel"] < 0)).sum())
         mask &= data["img_to_first_rel"] >= 0
+    if without_boxes or without_relations:
+        part = "test" if split == "test" else "train (val included)"
+        logger.info(f"{source}: left out {without_boxes} images without boxes and {without_relations} images "
+                    f"without relations of the h5's {part} split")
     rows = np.flatnonzero(mask)
     if split == "val":
         return rows[:num_val_images]
@@ -317,10 +328,10 @@ def load_vg_sgg(
     unused = int((data["split"] == SPLIT_VAL).sum())
     if unused:
         logger.warning(f"{h5_file}: {unused} image rows have split 1, which the VG150 convention does not use")
-    rows = _split_rows(data, split, num_val_images, filter_empty_rels)
+    source = f"{h5_file} [{split}]"
+    rows = _split_rows(data, split, num_val_images, filter_empty_rels, source)
     file_names = [os.path.join(image_root, names[i]) for i in rows.tolist()]
     arrays = _gather_split(data, rows, image_ids, widths, heights, file_names)
-    source = f"{h5_file} [{split}]"
     arrays = clean_annotations(
         arrays, filter_empty_rels=filter_empty_rels, filter_non_overlap=filter_non_overlap, source=source,
         logger=logger,

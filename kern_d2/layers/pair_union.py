@@ -34,6 +34,24 @@ def _box_tensor(boxes) -> torch.Tensor:
     return boxes.tensor if hasattr(boxes, "tensor") else boxes
 
 
+def _check_layout(op: str, boxes: torch.Tensor, box_width: int, pair_idx: torch.Tensor, size: int, size_name: str):
+    """Shape, dtype and device checks done before entering C++ (they need no device sync). The kernels check
+    again and also check index ranges."""
+    columns = "(x1, y1, x2, y2)" if box_width == 4 else "(batch index, x1, y1, x2, y2)"
+    if boxes.dim() != 2 or boxes.shape[1] != box_width:
+        raise ValueError(f"{op}: boxes must be [K, {box_width}] {columns}, got shape {tuple(boxes.shape)}")
+    if not boxes.is_floating_point():
+        raise ValueError(f"{op}: boxes must be a floating-point tensor, got {boxes.dtype}")
+    if pair_idx.dim() != 2 or pair_idx.shape[1] != 2:
+        raise ValueError(f"{op}: pair_idx must be [M, 2] (subject row, object row), got shape {tuple(pair_idx.shape)}")
+    if pair_idx.dtype != torch.int64:
+        raise ValueError(f"{op}: pair_idx must be int64, got {pair_idx.dtype}")
+    if boxes.device != pair_idx.device:
+        raise ValueError(f"{op}: boxes and pair_idx must be on the same device, got {boxes.device} and {pair_idx.device}")
+    if size <= 0:
+        raise ValueError(f"{op}: {size_name} must be positive, got {size}")
+
+
 def union_boxes(boxes: torch.Tensor, pair_idx: torch.Tensor) -> torch.Tensor:
     """
     Args:
@@ -67,7 +85,9 @@ def box_pair_masks(boxes: torch.Tensor, pair_idx: torch.Tensor, size: int) -> to
     Returns:
         float32 [M, 2, size, size]: channel 0 the subject, channel 1 the object. Not differentiable.
     """
-    return _ops().box_pair_masks(_box_tensor(boxes), pair_idx, int(size))
+    boxes = _box_tensor(boxes)
+    _check_layout("box_pair_masks", boxes, 4, pair_idx, int(size), "size")
+    return _ops().box_pair_masks(boxes, pair_idx, int(size))
 
 
 def box_pair_masks_reference(boxes: torch.Tensor, pair_idx: torch.Tensor, size: int) -> torch.Tensor:
@@ -126,6 +146,12 @@ def pair_union_roi_align(
     Returns:
         [M, C, n, n] in the dtype of ``features``.
     """
+    if features.dim() != 4:
+        raise ValueError(f"pair_union_roi_align: features must be [B, C, H, W], got shape {tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise ValueError(f"pair_union_roi_align: features must be a floating-point tensor, got {features.dtype}")
+    size = _square_size(output_size)
+    _check_layout("pair_union_roi_align", boxes, 5, pair_idx, size, "output_size")
     return _ops().pair_union_roi_align(
-        features, boxes, pair_idx, _square_size(output_size), float(spatial_scale), int(sampling_ratio), bool(aligned)
+        features, boxes, pair_idx, size, float(spatial_scale), int(sampling_ratio), bool(aligned)
     )

@@ -10,7 +10,7 @@ from typing import Dict, List
 import torch
 
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
-from detectron2.structures import Instances
+from detectron2.structures import Boxes, Instances
 
 from kern_d2.structures import SceneGraphInstances
 
@@ -50,29 +50,38 @@ class SceneGraphRCNN(GeneralizedRCNN):
             )
         return [x["instances"].to(self.device) for x in batched_inputs]
 
-    def _features_and_proposals(self, batched_inputs):
+    def _features_and_proposals(self, batched_inputs, gt_instances=None):
+        """(images, features, proposals, proposal losses); proposals only in SGDet. A detector that is not frozen
+        trains its RPN on the gt boxes, as in GeneralizedRCNN."""
         images = self.preprocess_image(batched_inputs)
+        proposal_losses = {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_detector):
             features = self.backbone(images.tensor)
             proposals = None
             if self.sgg_mode == "sgdet":
                 if self.proposal_generator is None:
                     raise ValueError("SGDet needs a proposal generator (MODEL.PROPOSAL_GENERATOR)")
-                proposals, _ = self.proposal_generator(images, features, None)
-        return images, features, proposals
+                rpn_targets = gt_instances if self.proposal_generator.training else None
+                proposals, proposal_losses = self.proposal_generator(images, features, rpn_targets)
+        return images, features, proposals, proposal_losses
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         if not self.training:
             return self.inference(batched_inputs)
         gt_instances = self._gt_instances(batched_inputs)
-        images, features, proposals = self._features_and_proposals(batched_inputs)
+        images, features, proposals, proposal_losses = self._features_and_proposals(batched_inputs, gt_instances)
         _, losses = self.roi_heads(images, features, proposals, gt_instances)
+        losses.update(proposal_losses)
         return losses
 
     def inference(self, batched_inputs, detected_instances=None, do_postprocess: bool = True):
+        """Scene graphs of the images; ``detected_instances`` is not supported (SGDet detects, the other modes use
+        the gt boxes of the inputs)."""
         assert not self.training
+        if detected_instances is not None:
+            raise ValueError("SceneGraphRCNN.inference: detected_instances is not supported")
         gt_instances = self._gt_instances(batched_inputs) if self.sgg_mode != "sgdet" else None
-        images, features, proposals = self._features_and_proposals(batched_inputs)
+        images, features, proposals, _ = self._features_and_proposals(batched_inputs)
         results, _ = self.roi_heads(images, features, proposals, gt_instances)
         if not do_postprocess:
             return results
@@ -82,12 +91,15 @@ class SceneGraphRCNN(GeneralizedRCNN):
         ]
 
 
-def rescale_predictions(instances: Instances, height: int, width: int) -> Instances:
-    """Scale ``pred_boxes`` from the network's input size to (height, width) and clip; keeps every box."""
+def rescale_predictions(instances: Instances, height: int, width: int) -> SceneGraphInstances:
+    """A copy with ``pred_boxes`` scaled from the network's input size to (height, width) and clipped; keeps every
+    box (the relation fields index them)."""
     scale_x, scale_y = width / instances.image_size[1], height / instances.image_size[0]
     result = SceneGraphInstances((height, width))
     for name, value in instances.get_fields().items():
         result.set(name, value)
-    result.pred_boxes.scale(scale_x, scale_y)
-    result.pred_boxes.clip(result.image_size)
+    boxes = Boxes(instances.pred_boxes.tensor.clone())
+    boxes.scale(scale_x, scale_y)
+    boxes.clip(result.image_size)
+    result.pred_boxes = boxes
     return result

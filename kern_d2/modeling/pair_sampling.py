@@ -60,16 +60,24 @@ def detected_pair_labels(
 def sample_pairs(
     pairs: torch.Tensor, labels: torch.Tensor, batch_size: int, positive_fraction: float
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Sample at most ``batch_size`` pairs, at most ``positive_fraction`` of them foreground (label > 0).
+    """Sample ``min(batch_size, M)`` pairs, at most ``int(batch_size * positive_fraction)`` of them foreground.
 
-    pairs [M, 2], labels [M] -> (pairs [S, 2], labels [S]); as Detectron2's ``subsample_labels``, background
-    fills the places foreground leaves free.
+    pairs [M, 2], labels [M] (0 = background) -> (pairs [S, 2], labels [S]). As in Detectron2's
+    ``subsample_labels``, background fills the places that foreground leaves free. When there is too little
+    background to fill the sample, the remaining places hold further foreground pairs with label -1 (to be ignored
+    by the loss): the sample size is then known without reading the labels, so nothing waits for the device.
     """
-    foreground = torch.nonzero(labels > 0).squeeze(1)
-    background = torch.nonzero(labels == 0).squeeze(1)
-    num_fg = min(int(batch_size * positive_fraction), foreground.numel())
-    num_bg = min(batch_size - num_fg, background.numel())
-    fg_pick = foreground[torch.randperm(foreground.numel(), device=pairs.device)[:num_fg]]
-    bg_pick = background[torch.randperm(background.numel(), device=pairs.device)[:num_bg]]
-    keep = torch.cat([fg_pick, bg_pick])
-    return pairs[keep], labels[keep]
+    num_pairs = labels.shape[0]
+    size = min(batch_size, num_pairs)
+    max_fg = int(batch_size * positive_fraction)
+    foreground = labels > 0
+    # A random order with the foreground first: positions [0, num_fg) foreground, then background.
+    order = torch.argsort(torch.rand(num_pairs, device=labels.device) + 2.0 * foreground, descending=True)
+    num_fg = foreground.sum()
+    take_fg = num_fg.clamp(max=max_fg)
+    position = torch.arange(num_pairs, device=labels.device)
+    chosen = (position < take_fg) | ((position >= num_fg) & (position < num_fg + (size - take_fg)))
+    # The chosen pairs first (in that order); when fewer than `size`, the rest of the sample is left-over foreground.
+    pick = torch.argsort(chosen.to(torch.uint8), descending=True, stable=True)[:size]
+    keep = order[pick]
+    return pairs[keep], torch.where(chosen[pick], labels[keep], torch.full_like(labels[keep], -1))

@@ -2,7 +2,8 @@
 
 Each maps per-pair inputs to predicate logits [M, P] (column 0 = no relation):
 ``forward(union_features [M, F], subj_features [M, Fo], obj_features [M, Fo], prior [M, P])``,
-where ``prior`` holds p(predicate | subject class, object class) for each pair.
+where ``prior`` (float32) holds p(predicate | subject class, object class) for each pair. A head whose
+``uses_union_features`` is False gets ``union_features=None`` (the union feature is then not computed).
 """
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ class KERN(nn.Module):
     """Knowledge-embedded relation routing (gated graph over subject, object and P predicate nodes)."""
 
     trainable = True
+    uses_union_features = True
 
     def __init__(self, cfg, union_dim: int, object_dim: int):
         super().__init__()
@@ -43,6 +45,7 @@ class VRFC(nn.Module):
     """The paper's baseline: a linear classifier on the union feature alone."""
 
     trainable = True
+    uses_union_features = True
 
     def __init__(self, cfg, union_dim: int, object_dim: int):
         super().__init__()
@@ -57,12 +60,13 @@ class FREQ(nn.Module):
     """Predicate from the class-pair prior alone (no learned parameters): logits = log prior."""
 
     trainable = False
+    uses_union_features = False
 
     def __init__(self, cfg, union_dim: int, object_dim: int):
         super().__init__()
 
     def forward(self, union_features, subj_features, obj_features, prior):
-        return torch.log(prior.clamp_min(1e-12))
+        return torch.log(prior.float().clamp_min(1e-12))
 
 
 def build_relation_head(cfg, union_dim: int, object_dim: int) -> nn.Module:

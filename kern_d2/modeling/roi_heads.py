@@ -11,12 +11,12 @@ from detectron2.data import MetadataCatalog
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads import build_box_head
-from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from kern_d2.layers import PairUnionPooler
 from kern_d2.structures import SceneGraphInstances, set_relation_predictions
 
+from .detections import top_candidate_detections
 from .object_routing import ObjectRouting
 from .pair_sampling import all_ordered_pairs, detected_pair_labels, gt_pair_labels, overlapping, sample_pairs
 from .priors import KnowledgePriors
@@ -35,34 +35,51 @@ def sgg_mode(use_gt_box: bool, use_gt_object_label: bool) -> str:
     return "sgdet"
 
 
-def _class_names(cfg) -> Tuple[Optional[list], Optional[list]]:
-    """thing_classes and predicate_classes of the first training (else test) dataset, when registered."""
+def _dataset_metadata(cfg) -> Tuple[Optional[str], Optional[list], Optional[list], Optional[str]]:
+    """(dataset name, thing_classes, predicate_classes, priors_file) of the first training (else test) dataset
+    whose metadata has class names; Nones when none has."""
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         meta = MetadataCatalog.get(name)
         things, predicates = meta.get("thing_classes", None), meta.get("predicate_classes", None)
         if things is not None and predicates is not None:
-            return list(things), list(predicates)
-    return None, None
+            return name, list(things), list(predicates), meta.get("priors_file", None)
+    return None, None, None, None
+
+
+def _check_class_counts(cfg, dataset: Optional[str], things: Optional[list], predicates: Optional[list]) -> None:
+    """The config's class counts must be the dataset's (a model of other sizes would fail later, obscurely)."""
+    if dataset is None:
+        return
+    num_classes, num_predicates = cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.ROI_RELATION_HEAD.NUM_PREDICATES
+    if len(things) != num_classes or len(predicates) != num_predicates:
+        raise ValueError(
+            f"dataset '{dataset}' has {len(things)} thing_classes and {len(predicates)} predicate_classes "
+            f"(with '__no_relation__'), but the config has MODEL.ROI_HEADS.NUM_CLASSES={num_classes} and "
+            f"MODEL.ROI_RELATION_HEAD.NUM_PREDICATES={num_predicates}"
+        )
 
 
 def build_priors(cfg) -> KnowledgePriors:
-    """Priors from ``PRIORS_FILE`` (checked against the dataset's classes), uniform ones when ``USE_PRIORS`` is
-    off, or empty buffers that a checkpoint must fill (checked at the first forward)."""
+    """Priors from ``PRIORS_FILE`` (else the dataset metadata's ``priors_file``), checked against the dataset's
+    class names; uniform ones when ``USE_PRIORS`` is off; or empty buffers that a checkpoint must fill (checked at
+    the first forward)."""
     rel = cfg.MODEL.ROI_RELATION_HEAD
     num_classes, num_predicates = cfg.MODEL.ROI_HEADS.NUM_CLASSES, rel.NUM_PREDICATES
+    dataset, things, predicates, metadata_priors_file = _dataset_metadata(cfg)
+    _check_class_counts(cfg, dataset, things, predicates)
     if not rel.USE_PRIORS:
         return KnowledgePriors.uniform(num_classes, num_predicates)
-    if rel.PRIORS_FILE:
-        things, predicates = _class_names(cfg)
-        priors = KnowledgePriors.from_file(rel.PRIORS_FILE, things, predicates)
-        if priors.rel_prior.shape != (num_classes, num_classes, num_predicates):
-            raise ValueError(
-                f"priors file {rel.PRIORS_FILE}: rel_prior has shape {tuple(priors.rel_prior.shape)} but the config "
-                f"asks for {num_classes} classes (MODEL.ROI_HEADS.NUM_CLASSES) and {num_predicates} predicates "
-                "(MODEL.ROI_RELATION_HEAD.NUM_PREDICATES)"
-            )
-        return priors
-    return KnowledgePriors.empty(num_classes, num_predicates)
+    path = rel.PRIORS_FILE or metadata_priors_file
+    if not path:
+        return KnowledgePriors.empty(num_classes, num_predicates)
+    priors = KnowledgePriors.from_file(path, things, predicates)
+    if priors.rel_prior.shape != (num_classes, num_classes, num_predicates):
+        raise ValueError(
+            f"priors file {path}: rel_prior has shape {tuple(priors.rel_prior.shape)} but the config asks for "
+            f"{num_classes} classes (MODEL.ROI_HEADS.NUM_CLASSES) and {num_predicates} predicates "
+            "(MODEL.ROI_RELATION_HEAD.NUM_PREDICATES)"
+        )
+    return priors
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -175,22 +192,27 @@ class KERNROIHeads(StandardROIHeads):
 
     # ---------------------------------------------------------------- checkpoints
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # A detector checkpoint has no union fc head yet: start it from the detector's box head.
+        # A detector checkpoint has no union fc head yet: start it from the detector's box head (same architecture;
+        # tensors whose shapes differ, e.g. another POOLER_RESOLUTION, keep their initialisation).
         union_prefix, box_prefix = prefix + "union_feature.fc_head.", prefix + "box_head."
         if not any(k.startswith(union_prefix) for k in state_dict):
-            copied = [k for k in list(state_dict) if k.startswith(box_prefix)]
-            for key in copied:
-                state_dict[union_prefix + key[len(box_prefix):]] = state_dict[key].clone()
+            own = self.union_feature.fc_head.state_dict()
+            copied = []
+            for key in [k for k in state_dict if k.startswith(box_prefix)]:
+                name = key[len(box_prefix):]
+                if name in own and own[name].shape == state_dict[key].shape:
+                    state_dict[union_prefix + name] = state_dict[key].clone()
+                    copied.append(name)
             if copied:
-                logger.info("Initialised the union-feature fc head from the detector's box head.")
+                logger.info(f"Initialised the union-feature fc head from the detector's box head ({len(copied)} tensors).")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---------------------------------------------------------------- objects
-    def _object_features(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]):
-        """Box-head features [N, Fo] and detector class logits [N, C+1] of the given boxes."""
-        feats = self.box_pooler([features[f] for f in self.box_in_features], boxes)
-        feats = self.box_head(feats)
-        class_logits, _ = self.box_predictor(feats)
+    def _object_features(self, features: Dict[str, torch.Tensor], boxes: List[Boxes], with_logits: bool):
+        """Box-head features [N, Fo] of the given boxes, and (``with_logits``) the detector's class logits
+        [N, C+1] (else None)."""
+        feats = self.box_head(self.box_pooler([features[f] for f in self.box_in_features], boxes))
+        class_logits = self.box_predictor(feats)[0] if with_logits else None
         return feats, class_logits
 
     def _detect(self, features: Dict[str, torch.Tensor], proposals: List[Instances]) -> List[Instances]:
@@ -201,10 +223,9 @@ class KERNROIHeads(StandardROIHeads):
         boxes = self.box_predictor.predict_boxes(predictions, proposals)
         scores = self.box_predictor.predict_probs(predictions, proposals)
         image_shapes = [p.image_size for p in proposals]
-        detections, _ = fast_rcnn_inference(
+        return top_candidate_detections(
             boxes, scores, image_shapes, self.detection_score_thresh, self.detection_nms_thresh, self.max_detections
         )
-        return detections
 
     def _classify_objects(self, obj_feats, detector_logits, num_per_image):
         """Object logits [N, C] from object routing, or from the detector (background column dropped)."""
@@ -216,6 +237,7 @@ class KERNROIHeads(StandardROIHeads):
     def forward(self, images, features, proposals, targets=None):
         del images
         self.priors.check_loaded()
+        objects = None
         if self.mode == "sgdet":
             with torch.no_grad():
                 objects = self._detect(features, proposals)
@@ -224,16 +246,18 @@ class KERNROIHeads(StandardROIHeads):
             if targets is None:
                 raise ValueError(f"{self.mode}: the gt boxes of each image ('instances' in the inputs) are required")
             boxes = [t.gt_boxes for t in targets]
+        if self.training and targets is None:
+            raise ValueError(f"{self.mode} training needs the gt of each image ('instances' in the inputs)")
         num_per_image = [len(b) for b in boxes]
+        classify = self.mode != "predcls"
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_detector):
-            obj_feats, detector_logits = self._object_features(features, boxes)
-        obj_logits = None
-        if self.mode != "predcls":
-            obj_logits = self._classify_objects(obj_feats, detector_logits, num_per_image)
+            obj_feats, detector_logits = self._object_features(
+                features, boxes, with_logits=classify and self.object_routing is None
+            )
+        obj_logits = self._classify_objects(obj_feats, detector_logits, num_per_image) if classify else None
 
         if self.training:
-            return [], self._losses(features, boxes, objects if self.mode == "sgdet" else None, targets,
-                                    obj_feats, obj_logits)
+            return [], self._losses(features, boxes, objects, targets, obj_feats, obj_logits)
         image_sizes = [x.image_size for x in (objects if self.mode == "sgdet" else targets)]
         return self._inference(features, boxes, image_sizes, targets, obj_feats, obj_logits), {}
 
@@ -244,100 +268,110 @@ class KERNROIHeads(StandardROIHeads):
         scores, labels = F.softmax(obj_logits.float(), dim=1).max(dim=1)
         return list(zip(labels.split(sizes), scores.split(sizes)))
 
+    def _training_pairs(self, num_boxes: int, pair_labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Sampled pairs [S, 2] of one image and their predicate targets [S] (-1 = ignore)."""
+        pairs = all_ordered_pairs(num_boxes, pair_labels.device)
+        return sample_pairs(
+            pairs, pair_labels[pairs[:, 0], pairs[:, 1]], self.pairs_per_image, self.pair_positive_fraction
+        )
+
     def _losses(self, features, boxes, objects, targets, obj_feats, obj_logits):
         sizes = [len(b) for b in boxes]
-        obj_feats_per_image = obj_feats.split(sizes)
-        losses = {}
-        pair_list, label_list, obj_labels_list = [], [], []
-        object_targets = []
-        pred_labels = (
-            obj_logits.argmax(dim=1).split(sizes) if obj_logits is not None else [None] * len(boxes)
-        )
+        pair_list, pair_target_list, prior_labels, object_targets = [], [], [], []
+        pred_labels = obj_logits.argmax(dim=1).split(sizes) if obj_logits is not None else [None] * len(boxes)
         for i, target in enumerate(targets):
             gt_relations = target.gt_relations.tensor
             if self.mode == "sgdet":
                 det = objects[i]
-                best_iou, best_gt = _best_gt_match(det.pred_boxes, target.gt_boxes)
-                matched = best_iou >= self.fg_iou_threshold
-                obj_target = torch.where(matched, target.gt_classes[best_gt], torch.full_like(best_gt, -1))
+                obj_target = _matched_gt_classes(det.pred_boxes, target.gt_boxes, target.gt_classes,
+                                                 self.fg_iou_threshold)
                 # Relation prior labels: the matched gt label, else the predicted one.
-                labels = torch.where(matched, obj_target, pred_labels[i])
+                labels = torch.where(obj_target >= 0, obj_target, pred_labels[i])
                 pair_labels = detected_pair_labels(
                     det.pred_boxes, det.pred_classes, target.gt_boxes, target.gt_classes, gt_relations,
                     self.fg_iou_threshold,
                 )
             else:
-                obj_target = target.gt_classes
-                labels = target.gt_classes
+                obj_target = labels = target.gt_classes
                 pair_labels = gt_pair_labels(len(target), gt_relations)
-            object_targets.append(obj_target)
-            pairs = all_ordered_pairs(len(boxes[i]), obj_feats.device)
-            pairs, pair_targets = sample_pairs(
-                pairs, pair_labels[pairs[:, 0], pairs[:, 1]], self.pairs_per_image, self.pair_positive_fraction
-            )
+            pairs, pair_targets = self._training_pairs(sizes[i], pair_labels)
             pair_list.append(pairs)
-            label_list.append(pair_targets)
-            obj_labels_list.append(labels)
+            pair_target_list.append(pair_targets)
+            prior_labels.append(labels)
+            object_targets.append(obj_target)
 
-        rel_logits = self._relation_logits(features, boxes, pair_list, obj_feats_per_image, obj_labels_list)
-        rel_targets = torch.cat(label_list)
-        if rel_targets.numel():
-            losses["loss_relation"] = self.relation_loss_weight * F.cross_entropy(rel_logits, rel_targets)
-        else:
-            losses["loss_relation"] = rel_logits.sum() * 0.0
+        rel_logits = self._relation_logits(features, boxes, pair_list, obj_feats.split(sizes), prior_labels)
+        losses = {"loss_relation": self.relation_loss_weight * _mean_cross_entropy(rel_logits, torch.cat(pair_target_list))}
         if obj_logits is not None and self.object_routing is not None:
-            object_targets = torch.cat(object_targets)
-            valid = object_targets >= 0
-            losses["loss_object"] = self.object_loss_weight * (
-                F.cross_entropy(obj_logits[valid], object_targets[valid]) if valid.any() else obj_logits.sum() * 0.0
-            )
+            losses["loss_object"] = self.object_loss_weight * _mean_cross_entropy(obj_logits, torch.cat(object_targets))
         return losses
 
     def _relation_logits(self, features, boxes, pair_idxs, obj_feats_per_image, obj_labels):
         """Predicate logits [sum Mi, P] of the given pairs (per image lists)."""
-        level_features = [features[f] for f in self.relation_in_features]
-        union = self.union_feature(level_features, boxes, pair_idxs)
         subj = torch.cat([f[p[:, 0]] for f, p in zip(obj_feats_per_image, pair_idxs)])
         obj = torch.cat([f[p[:, 1]] for f, p in zip(obj_feats_per_image, pair_idxs)])
+        union = None
+        if getattr(self.relation_head, "uses_union_features", True):
+            union = self.union_feature([features[f] for f in self.relation_in_features], boxes, pair_idxs)
+            subj, obj = subj.to(union.dtype), obj.to(union.dtype)
         subj_labels = torch.cat([l[p[:, 0]] for l, p in zip(obj_labels, pair_idxs)])
         obj_labels_cat = torch.cat([l[p[:, 1]] for l, p in zip(obj_labels, pair_idxs)])
-        prior = self.priors.pair_prior(subj_labels, obj_labels_cat)
-        return self.relation_head(union, subj.to(union.dtype), obj.to(union.dtype), prior.to(union.dtype))
+        prior = self.priors.pair_prior(subj_labels, obj_labels_cat)  # float32; the heads cast it as they need
+        return self.relation_head(union, subj, obj, prior)
+
+    def _relation_scores(self, features, boxes, pair_list, obj_feats_per_image, labels) -> List[torch.Tensor]:
+        """Softmax predicate scores float32 [Mi, P] per image. The pairs of the whole batch go through the head in
+        chunks of at most ``inference_pair_chunk`` (a chunk may span images, an image several chunks)."""
+        counts = [p.shape[0] for p in pair_list]
+        starts = [sum(counts[:i]) for i in range(len(counts))]
+        total, step = sum(counts), self.inference_pair_chunk
+        scores = [obj_feats_per_image[0].new_zeros((0, self.priors.num_predicates), dtype=torch.float32)]
+        for lo in range(0, total, step):
+            hi = min(lo + step, total)
+            chunk = [
+                p[min(max(lo - s, 0), c) : min(max(hi - s, 0), c)] for p, s, c in zip(pair_list, starts, counts)
+            ]
+            logits = self._relation_logits(features, boxes, chunk, obj_feats_per_image, labels)
+            scores.append(F.softmax(logits.float(), dim=1))
+        return list(torch.cat(scores).split(counts))
 
     def _inference(self, features, boxes, image_sizes, targets, obj_feats, obj_logits):
         sizes = [len(b) for b in boxes]
-        obj_feats_per_image = obj_feats.split(sizes)
         labels_scores = self._object_labels_and_scores(obj_logits, targets, sizes)
-        num_predicates = self.priors.rel_prior.shape[-1]
-        results = []
-        for i, image_boxes in enumerate(boxes):
-            labels, scores = labels_scores[i]
+        pair_list = []
+        for image_boxes in boxes:
             pairs = all_ordered_pairs(len(image_boxes), obj_feats.device)
             if self.mode == "sgdet" and self.require_overlap:
                 pairs = pairs[overlapping(image_boxes, pairs)]
-            image_features = {name: value[i : i + 1] for name, value in features.items()}
-            rel_scores = [obj_feats.new_zeros(0, num_predicates)]
-            for start in range(0, pairs.shape[0], self.inference_pair_chunk):
-                chunk = pairs[start : start + self.inference_pair_chunk]
-                logits = self._relation_logits(
-                    image_features, [image_boxes], [chunk], [obj_feats_per_image[i]], [labels]
-                )
-                rel_scores.append(F.softmax(logits.float(), dim=1))
-            rel_scores = torch.cat(rel_scores)
-            triplet = rel_scores[:, 1:].max(dim=1).values * scores[pairs[:, 0]] * scores[pairs[:, 1]]
+            pair_list.append(pairs)
+        rel_scores = self._relation_scores(
+            features, boxes, pair_list, obj_feats.split(sizes), [labels for labels, _ in labels_scores]
+        )
+        results = []
+        for image_boxes, image_size, (labels, scores), pairs, image_rel_scores in zip(
+            boxes, image_sizes, labels_scores, pair_list, rel_scores
+        ):
+            triplet = image_rel_scores[:, 1:].max(dim=1).values * scores[pairs[:, 0]] * scores[pairs[:, 1]]
             order = torch.argsort(triplet, descending=True, stable=True)
-            result = SceneGraphInstances(image_sizes[i])
+            result = SceneGraphInstances(image_size)
             result.pred_boxes = Boxes(image_boxes.tensor.clone())
             result.pred_classes = labels
             result.scores = scores
-            set_relation_predictions(result, pairs[order], rel_scores[order])
+            set_relation_predictions(result, pairs[order], image_rel_scores[order])
             results.append(result)
         return results
 
 
-def _best_gt_match(boxes: Boxes, gt_boxes: Boxes) -> Tuple[torch.Tensor, torch.Tensor]:
-    """For each box, (IoU [N], index [N]) of its best-overlapping gt box (IoU 0 when there is no gt box)."""
+def _mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (in float32) averaged over the targets >= 0; 0 (still part of the graph) when there are none.
+    No device sync: the count is divided on the device."""
+    total = F.cross_entropy(logits.float(), targets, ignore_index=-1, reduction="sum")
+    return total / (targets >= 0).sum().clamp_min(1)
+
+
+def _matched_gt_classes(boxes: Boxes, gt_boxes: Boxes, gt_classes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """int64 [N]: the class of each box's best-overlapping gt box when their IoU >= ``iou_threshold``, else -1."""
     if len(gt_boxes) == 0:
-        zeros = torch.zeros(len(boxes), device=boxes.device)
-        return zeros, zeros.long()
-    return pairwise_iou(boxes, gt_boxes).max(dim=1)
+        return torch.full((len(boxes),), -1, dtype=torch.int64, device=gt_classes.device)
+    best_iou, best_gt = pairwise_iou(boxes, gt_boxes).max(dim=1)
+    return torch.where(best_iou >= iou_threshold, gt_classes[best_gt], torch.full_like(best_gt, -1))
