@@ -3,8 +3,8 @@
 resumed with ``--resume`` until it reaches SOLVER.MAX_ITER; then checks that nothing was lost.
 
 Each run starts ``tools/train_net.py --resume`` (the first one finds no checkpoint and starts at iteration 0) and is
-killed after a random delay, or right when it logs a checkpoint save (a third of the kills, to hit the window around
-saving). A last run goes to the end. Checks:
+killed after a random delay, or (every third kill, from the second) right when it logs that a checkpoint save
+starts, to hit the window around saving. A last run goes to the end. Checks:
 
 - every resumed run starts at the iteration after the checkpoint that ``last_checkpoint`` named when the previous
   run died, and the last run writes model_final.pth for iteration MAX_ITER-1 with the scheduler at MAX_ITER steps;
@@ -14,7 +14,7 @@ saving). A last run goes to the end. Checks:
 - the data-loader workers of a killed run exit on their own.
 
     python benchmarks/soak_resume.py                                        # 3000 iterations, 20 kills
-    python benchmarks/soak_resume.py --iters 200 --kills 3 --checkpoint-period 20   # a few minutes on CPU
+    python benchmarks/soak_resume.py --iters 200 --kills 3 --checkpoint-period 30   # a few minutes on CPU
 
 The toy dataset, a toy detector (a few iterations) and the priors are made in ``--work`` by the tools themselves.
 Exit status 0 when every check holds.
@@ -120,10 +120,10 @@ class Soak:
                     pass
         return found
 
-    def run_once(self, index, kill, seconds_per_iter, iterations_left, kills_left=0):
-        """One run; killed when ``kill`` (after a random delay or at a checkpoint save). The random delay leaves
-        on average an equal share of ``iterations_left`` to each of the ``kills_left`` kills and the final run.
-        Returns the run's record."""
+    def run_once(self, index, kills_left):
+        """One run, killed unless ``kills_left`` is 0: every third kill (from the second) when the run logs that a
+        checkpoint save starts, the others after a random delay that leaves on average an equal share of the
+        remaining iterations to each of the ``kills_left`` kills and the final run. Returns the run's record."""
         log_path = os.path.join(self.work, f"run_{index:02d}.log")
         start = time.time()
         with open(log_path, "w") as log:
@@ -132,13 +132,17 @@ class Soak:
         record = {"run": index, "log": log_path}
         started = self.wait_for(proc, log_path, r"Starting training from iteration (\d+)")
         record["start_iter"] = int(started.group(1)) if started else None
-        if kill and started and proc.poll() is None:
-            at_save = self.rng.random() < 1 / 3
+        if kills_left and started and proc.poll() is None:
+            at_save = index % 3 == 1
             if at_save:
                 saves = len(re.findall("Saving checkpoint to", open(log_path).read()))
                 self.wait_for(proc, log_path, "Saving checkpoint to", count=saves + 1)
             else:
-                time.sleep(self.rng.uniform(0.5, 2 * seconds_per_iter * iterations_left / (kills_left + 1)))
+                # Detectron2 logs the iteration and the seconds per iteration every 20 iterations.
+                progress = self.wait_for(proc, log_path, r"\biter: (\d+)\s.*?\btime: ([\d.]+)")
+                if progress:
+                    left = self.args.iters - int(progress.group(1)) - 1
+                    time.sleep(self.rng.uniform(0, 2 * float(progress.group(2)) * left / (kills_left + 1)))
             workers = self.children(proc.pid)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
@@ -186,21 +190,14 @@ class Soak:
             return "gone"
 
     def soak(self):
-        runs, seconds_per_iter = [], 1.0
+        runs = []
         for index in range(self.args.kills):
-            _, done = self.last_checkpoint()
-            record = self.run_once(index, True, seconds_per_iter, self.args.iters - done - 1,
-                                   kills_left=self.args.kills - index)
-            runs.append(record)
-            print(json.dumps(record), flush=True)
-            if record.get("reached_iter") and record.get("start_iter") is not None:
-                progress = record["reached_iter"] - record["start_iter"]
-                if progress > 0:
-                    seconds_per_iter = record["seconds"] / progress
-            if record["exit"] == 0:
+            runs.append(self.run_once(index, kills_left=self.args.kills - index))
+            print(json.dumps(runs[-1]), flush=True)
+            if runs[-1]["exit"] == 0:  # finished before the kill
                 break
         if not runs or runs[-1]["exit"] != 0:
-            runs.append(self.run_once(len(runs), False, seconds_per_iter, 0))
+            runs.append(self.run_once(len(runs), kills_left=0))
             print(json.dumps(runs[-1]), flush=True)
         return runs
 
@@ -244,7 +241,8 @@ class Soak:
         rewinds = [(a, b) for a, b in zip(seen, seen[1:]) if b <= a]
         if len(rewinds) > len(runs) - 1:
             problems.append(f"{len(rewinds)} rewinds of the iteration in metrics.json for {len(runs) - 1} resumes")
-        bad_lr = [line["iteration"] for line in lines if not math.isclose(line["lr"], self.expected_lr(line["iteration"]))]
+        bad_lr = [line["iteration"] for line in lines
+                  if not math.isclose(line["lr"], self.expected_lr(line["iteration"]))]
         if bad_lr:
             problems.append(f"learning rate off the schedule at iterations {bad_lr[:10]}")
         if not all(math.isfinite(line["total_loss"]) for line in lines):
@@ -254,8 +252,9 @@ class Soak:
             "kills_at_save": sum(1 for r in runs if r.get("killed") == "at a checkpoint save"),
             "runs": len(runs), "checkpoints": checkpoints,
             "metrics_lines": len(lines), "repeated_metric_lines": len(seen) - len(set(seen)),
-            "iterations_redone": sum(max(0, (r["reached_iter"] or 0) - r["checkpoint_iter"]) for r in runs[:-1]
-                                     if r.get("killed")),
+            "metrics_rewinds": len(rewinds),
+            "partial_files_removed": sum(open(r["log"]).read().count("a partial checkpoint left by an interrupted run")
+                                         for r in runs),
             "wall_seconds": round(sum(r["seconds"] for r in runs), 1),
             "problems": problems,
         }

@@ -157,8 +157,23 @@ def amp_precision(cfg) -> torch.dtype:
     return choices[cfg.SOLVER.AMP.PRECISION]
 
 
+def share_cpu_cores(cfg) -> None:
+    """In a multi-process CPU run, give each process its share of this machine's cores for intra-op threads
+    (torch's default, all cores per process, oversubscribes them many times over). OMP_NUM_THREADS, when set,
+    decides instead."""
+    processes = comm.get_local_size()
+    if processes > 1 and cfg.MODEL.DEVICE == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, len(os.sched_getaffinity(0)) // processes)
+        torch.set_num_threads(threads)
+        logger.info(f"{processes} CPU processes on this machine: {threads} threads each")
+
+
 def setup_cfg(args):
-    """:func:`load_cfg` and Detectron2's default setup (output folder, logging, seeds, config dump)."""
+    """:func:`load_cfg`, Detectron2's default setup (output folder, logging, seeds, config dump), kern_d2's
+    logging and the CPU threads of this process."""
     cfg = load_cfg(args)
     default_setup(cfg, args)
+    # default_setup logs "detectron2" and "fvcore"; kern_d2's own messages (e.g. the evaluation tables) too.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="kern_d2", abbrev_name="kern_d2")
+    share_cpu_cores(cfg)
     return cfg

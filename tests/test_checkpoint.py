@@ -84,6 +84,10 @@ def test_failed_save_leaves_previous_checkpoint_and_last_checkpoint(tmp_path, mo
     checkpointer = SGGCheckpointer(model, str(tmp_path), for_inference=False)
     checkpointer.save("model_0000009")
     before = (tmp_path / "model_0000009.pth").read_bytes()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("model_0000009.pth", "last_checkpoint"):  # the permissions a plain open() would give
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
 
     def half_written_then_fail(obj, f, *args, **kwargs):
         f.write(b"half a checkpoint")
@@ -174,7 +178,8 @@ def test_model_zoo_pkl_loads_arrays_only(tmp_path, protocol, numpy1_names):
 def test_unreadable_checkpoints_are_named(tmp_path):
     model = nn.Linear(3, 2)
     good = saved(model, tmp_path)
-    data = open(good, "rb").read()
+    with open(good, "rb") as f:
+        data = f.read()
     for name, content in [("truncated.pth", data[: len(data) // 2]), ("garbage.pth", b"not a checkpoint" * 8),
                           ("empty.pkl", b"")]:
         (tmp_path / name).write_bytes(content)

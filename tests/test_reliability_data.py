@@ -4,6 +4,7 @@ images and keys) with broken files, wrong dtypes, problems that reach the mapper
 class lists that disagree with the config or the priors, and predict.py's reading of awkward image files.
 """
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -63,7 +64,8 @@ def h5_field(path, key):
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_truncated_or_corrupt_h5_is_named(vg, damage):
-    data = open(vg["h5_file"], "rb").read()
+    with open(vg["h5_file"], "rb") as f:
+        data = f.read()
     with open(vg["h5_file"], "wb") as f:
         f.write(data[: len(data) // 2] if damage == "truncated" else os.urandom(len(data)))
     with pytest.raises(DatasetFormatError, match=re.escape(vg["h5_file"]) + ": cannot read the h5 file, it is "
@@ -98,8 +100,10 @@ def test_integral_floats_load_like_integers(vg):
 
 
 def test_image_data_with_non_numeric_size_is_named(vg):
-    text = open(vg["image_data_file"]).read().replace('"width": 80', '"width": "eighty"')
-    open(vg["image_data_file"], "w").write(text)
+    with open(vg["image_data_file"]) as f:
+        text = f.read().replace('"width": 80', '"width": "eighty"')
+    with open(vg["image_data_file"], "w") as f:
+        f.write(text)
     with pytest.raises(DatasetFormatError, match=r"image_data\.json: every entry needs an integer 'image_id' .*"
                                                  r"'width' and 'height' .*eighty"):
         load(vg)
@@ -267,7 +271,10 @@ def test_predict_reads_awkward_images_in_loader_workers_and_reports_the_bad_ones
     assert sorted(processed) == ["alpha.png", "gray.jpg", "huge.jpg", "one.png"]
     assert [os.path.basename(f["file"]) for f in summary["failed"]] == ["corrupt.jpg"]
     assert "corrupt.jpg" in summary["failed"][0]["reason"]
-    records = {name: predict.json.load(open(entry["json"])) for name, entry in processed.items()}
+    records = {}
+    for name, entry in processed.items():
+        with open(entry["json"]) as f:
+            records[name] = json.load(f)
     # Sizes and boxes are those of the original files, whatever size the pixels were decoded at.
     expected_sizes = {"alpha.png": (40, 30), "gray.jpg": (32, 24), "one.png": (1, 1), "huge.jpg": (10000, 1200)}
     for name, (w, h) in expected_sizes.items():

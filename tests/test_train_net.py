@@ -64,10 +64,12 @@ def test_training_writes_the_final_model_and_the_scene_graph_metrics(toy_tools, 
     assert ("loss_object" in last) == (mode != "predcls")
 
 
-@pytest.mark.parametrize("mode", ["predcls", "sgdet"])
-def test_eval_only_from_the_checkpoint_reproduces_the_end_of_training_metrics(toy_tools, mode):
-    trained = read_sgg_metrics(toy_tools.trained(mode))
-    evaluated = read_sgg_metrics(toy_tools.evaluated(mode))
+def test_eval_only_from_the_checkpoint_reproduces_the_end_of_training_metrics(toy_tools):
+    # PredCls: the only mode whose recalls are not all zero after a few iterations on top of a detector trained
+    # for a few iterations (SGDet and SGCls need object labels the toy models do not get right yet).
+    trained = read_sgg_metrics(toy_tools.trained("predcls"))
+    evaluated = read_sgg_metrics(toy_tools.evaluated("predcls"))
+    assert trained["metrics"]["ng-R@100"] > 0
     assert evaluated["metrics"] == trained["metrics"]
     assert evaluated["per_predicate"] == trained["per_predicate"]
 
@@ -156,5 +158,5 @@ def test_two_process_evaluation_equals_one_process(toy_tools):
     two_dir = toy_tools.evaluated("predcls", processes=2)
     assert "World size: 2" in _read(os.path.join(two_dir, "log.txt"))
     two = read_sgg_metrics(two_dir)
-    assert two["num_images"] == NUM_TEST
+    assert two["num_images"] == NUM_TEST and one["metrics"]["ng-R@100"] > 0
     assert two == one

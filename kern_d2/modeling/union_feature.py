@@ -47,10 +47,13 @@ class UnionFeatureExtractor(nn.Module):
         return self.fc_head.output_shape.channels
 
     def forward(self, features: List[torch.Tensor], boxes: List[Boxes], pair_idxs: List[torch.Tensor]) -> torch.Tensor:
-        """features: per level [B, C, H, W]; boxes: per image; pair_idxs: per image [Mi, 2] -> [sum Mi, F]."""
+        """features: per level [B, C, H, W]; boxes: per image (``Boxes`` or [Ki, 4] XYXY); pair_idxs: per image
+        int64 [Mi, 2] -> [sum Mi, F]."""
         union = self.pooler(features, boxes, pair_idxs)
-        offsets = torch.cumsum(torch.tensor([0] + [len(b) for b in boxes[:-1]], device=union.device), 0)
-        all_boxes = torch.cat([b.tensor for b in boxes])
-        all_pairs = torch.cat([p + o for p, o in zip(pair_idxs, offsets)])
+        offsets = [0]
+        for b in boxes[:-1]:
+            offsets.append(offsets[-1] + len(b))
+        all_boxes = torch.cat([b.tensor if isinstance(b, Boxes) else b for b in boxes])
+        all_pairs = torch.cat([p + offset for p, offset in zip(pair_idxs, offsets)])
         masks = box_pair_masks(all_boxes, all_pairs, self.mask_size).to(union.dtype)
         return self.fc_head(union + self.spatial(masks))
