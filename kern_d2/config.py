@@ -57,6 +57,8 @@ def add_kern_config(cfg):
     cfg.DATASETS.SGG.FILTER_NON_OVERLAP = False
     # Training: a (subject, object) pair annotated with several predicates keeps one, sampled per epoch.
     cfg.DATASETS.SGG.SAMPLE_DUPLICATE_PAIRS = True
+    # Training: an image that cannot be read: "error" (stop, naming it) or "skip" (log, count, draw another).
+    cfg.DATASETS.SGG.UNREADABLE_IMAGES = "error"
 
     # Mixed precision of Detectron2's AMPTrainer (SOLVER.AMP.ENABLED): "float16" (its default) or "bfloat16".
     cfg.SOLVER.AMP.PRECISION = "float16"

@@ -37,8 +37,12 @@ def is_sgg_model(cfg) -> bool:
 
 
 def check_training_config(cfg) -> None:
-    """ValueError, naming the keys, for a config that cannot be trained: the FREQ head (nothing to learn) or a
-    best-model metric the evaluator does not report."""
+    """ValueError, naming the keys, for a config that cannot be trained: AMP without a GPU, the FREQ head
+    (nothing to learn), or a best-model metric the evaluator does not report."""
+    if cfg.SOLVER.AMP.ENABLED:
+        amp_precision(cfg)
+        if cfg.MODEL.DEVICE == "cpu":
+            raise ValueError("SOLVER.AMP.ENABLED: Detectron2's AMPTrainer needs a CUDA device, not MODEL.DEVICE cpu")
     if not is_sgg_model(cfg):
         return
     if cfg.MODEL.ROI_RELATION_HEAD.NAME == "FREQ":
@@ -54,7 +58,7 @@ def wrap_for_distributed(model):
     """``model`` in DistributedDataParallel when there are several processes. On CPU (gloo) the DDP module must
     get no ``device_ids``; Detectron2's ``create_ddp_model`` always passes the local rank, which DDP rejects
     for CPU modules."""
-    on_gpu = next(model.parameters()).device.type == "cuda"
+    on_gpu = any(p.device.type == "cuda" for p in model.parameters())
     device_ids = [comm.get_local_rank()] if on_gpu else None
     return create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
 
@@ -64,7 +68,8 @@ class SGGTrainer(DefaultTrainer):
     multi-process training on CPU as well as on GPUs."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__ with two changes: the DDP wrapper (see wrap_for_distributed) and SGGCheckpointer.
+        # DefaultTrainer.__init__ with three changes: the DDP wrapper (see wrap_for_distributed), the AMP dtype
+        # (SOLVER.AMP.PRECISION) and SGGCheckpointer.
         check_training_config(cfg)
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
@@ -74,7 +79,10 @@ class SGGTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = wrap_for_distributed(model)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        if cfg.SOLVER.AMP.ENABLED:
+            self._trainer = AMPTrainer(model, data_loader, optimizer, precision=amp_precision(cfg))
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SGGCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0

@@ -130,6 +130,7 @@ def check_scene_graphs(outputs, inputs, mode: str, num_predicates: int):
     for output, x in zip(outputs, inputs):
         inst = output["instances"]
         assert isinstance(inst, SceneGraphInstances)
+        inst = inst.to("cpu")
         assert inst.image_size == (x["height"], x["width"])
         n = len(inst)
         pairs, scores = inst.rel_pair_idxs, inst.rel_scores
@@ -495,9 +496,9 @@ def test_priors_file_of_other_classes_is_an_error_at_build(toy, tmp_path):
 
 
 def test_config_class_counts_must_match_the_dataset(toy):
-    with pytest.raises(ValueError, match="NUM_CLASSES=9"):
+    with pytest.raises(ValueError, match="has 10 object classes but MODEL.ROI_HEADS.NUM_CLASSES is 9"):
         build(toy, **{"MODEL.ROI_HEADS.NUM_CLASSES": 9, "MODEL.ROI_RELATION_HEAD.USE_PRIORS": False})
-    with pytest.raises(ValueError, match="NUM_PREDICATES=12"):
+    with pytest.raises(ValueError, match="MODEL.ROI_RELATION_HEAD.NUM_PREDICATES is 12"):
         build(toy, **{"MODEL.ROI_RELATION_HEAD.NUM_PREDICATES": 12})
 
 
@@ -537,3 +538,22 @@ def test_gt_boxes_are_required_outside_sgdet(toy):
     del inputs[1]["instances"]
     with pytest.raises(ValueError, match="needs gt boxes"):
         infer(model, inputs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_training_and_inference(toy, mode):
+    cfg, model = build(toy, mode, **{"MODEL.DEVICE": "cuda", "MODEL.ROI_RELATION_HEAD.MAX_DETECTIONS": 12})
+    train = map_dicts(cfg, toy.batch_train, is_train=True)
+    for dtype in (torch.float32, torch.bfloat16):
+        model.train()
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            losses = model(train)
+        assert all(v.device.type == "cuda" and torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()
+        inputs = map_dicts(cfg, toy.batch_test, is_train=False)
+        model.eval()
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            outputs = model(inputs)
+        assert all(o["instances"].rel_scores.device.type == "cuda" for o in outputs)
+        check_scene_graphs(outputs, inputs, mode, len(toy.predicate_classes))

@@ -167,3 +167,22 @@ def test_sample_pairs_of_no_pairs():
     pairs, labels = _pairs_and_labels(0, 0)
     sampled_pairs, sampled_labels = sample_pairs(pairs, labels, batch_size=16, positive_fraction=0.25)
     assert sampled_pairs.shape == (0, 2) and sampled_labels.shape == (0,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_targets_need_no_device_sync():
+    device = torch.device("cuda")
+    boxes, classes = Boxes(DET_BOXES.tensor.to(device)), DET_CLASSES.to(device)
+    gt_boxes, gt_classes = Boxes(GT_BOXES.tensor.to(device)), GT_CLASSES.to(device)
+    relations = GT_RELATIONS.to(device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pairs = all_ordered_pairs(len(boxes), device)
+        labels = detected_pair_labels(boxes, classes, gt_boxes, gt_classes, relations, 0.5)
+        sampled_pairs, sampled_labels = sample_pairs(pairs, labels[pairs[:, 0], pairs[:, 1]], 16, 0.25)
+        gt_labels = gt_pair_labels(3, relations)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert sampled_pairs.shape == (16, 2) and (sampled_labels > 0).sum().item() == 3
+    assert gt_labels[0, 1].item() == 4

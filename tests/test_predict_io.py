@@ -18,7 +18,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, Instances
 
 from kern_d2 import add_kern_config
-from kern_d2.structures import set_relation_predictions
+from kern_d2.structures import SceneGraphInstances, set_relation_predictions
 from kern_d2.utils.image_io import ImageReadError, read_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,7 +192,7 @@ def test_inputs_expand_folders_and_globs_and_stems_stay_distinct(tmp_path):
 
 def _hand_made_instances():
     """3 boxes, 4 pairs; triplet scores worked out in the test below."""
-    instances = Instances((48, 64))
+    instances = SceneGraphInstances((48, 64))
     instances.pred_boxes = Boxes(torch.tensor([[0, 0, 10, 10], [5, 5, 20, 20], [30, 10, 60, 40.0]]))
     instances.pred_classes = torch.tensor([0, 1, 2])
     instances.scores = torch.tensor([0.9, 0.5, 0.8])
@@ -240,7 +240,7 @@ def test_record_picture_has_the_expected_size_with_and_without_boxes():
     rgb = np.zeros((24, 32, 3), np.uint8)  # read at half the record's 64x48
     picture = predict.draw_record(record, rgb, max_triplets=20, show_all_boxes=False, title="t")
     assert picture.shape[0] == 600 and picture.shape[1] > 800  # 32 px wide -> enlarged to 800
-    empty = Instances((48, 64), pred_boxes=Boxes(torch.zeros(0, 4)), pred_classes=torch.zeros(0, dtype=torch.long),
+    empty = SceneGraphInstances((48, 64), pred_boxes=Boxes(torch.zeros(0, 4)), pred_classes=torch.zeros(0, dtype=torch.long),
                       scores=torch.zeros(0))
     set_relation_predictions(empty, torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, 4))
     record = predict.instances_to_record(empty, THINGS, PREDICATES)
@@ -279,7 +279,7 @@ class PredictTestDouble(nn.Module):
                 boxes = fractions * torch.tensor([w, h] * 2)
                 classes = torch.tensor([0, 1, 2])
             n = len(boxes)
-            result = Instances((h, w), pred_boxes=Boxes(boxes), pred_classes=classes,
+            result = SceneGraphInstances((h, w), pred_boxes=Boxes(boxes), pred_classes=classes,
                                scores=torch.linspace(0.9, 0.6, n))
             pairs = torch.tensor([(i, j) for i in range(n) for j in range(n) if i != j], dtype=torch.long)
             set_relation_predictions(result, pairs.reshape(-1, 2), self.logits.softmax(0).expand(len(pairs), -1))

@@ -3,10 +3,13 @@
 
     python tools/predict.py --config-file configs/VG-KERN/kern_sgdet.yaml --input photos/ --output out/ \\
         --opts MODEL.WEIGHTS output/model_final.pth
+    python tools/predict.py --config-file configs/toy/kern_predcls.yaml --dataset toy_test --num-images 6 \\
+        --output out/ --opts MODEL.WEIGHTS output/toy/kern_predcls/model_final.pth
 
 Config overrides follow ``--opts`` (or end the command as in Detectron2's tools, after any option but
 ``--input``). ``--input`` takes folders (their image files, not recursive), image files and globs
-("photos/*.jpg"), in any mix. For each image ``<stem>`` the output folder gets ``<stem>.json`` and
+("photos/*.jpg"), in any mix; ``--dataset`` takes the images of a registered dataset instead (the first
+``--num-images``), and gives PredCls / SGCls its gt boxes and labels. For each image ``<stem>`` the output folder gets ``<stem>.json`` and
 ``<stem>.png`` (a stem used twice gets a ``-2``, ``-3`` ... suffix) and the run ends with ``summary.json``:
 ``processed`` (file, json, png, counts), ``failed`` (file, reason) and ``ignored`` (folder entries without an
 image extension). Unreadable images are reported there and in the log; they never stop the run. The exit
@@ -35,7 +38,7 @@ the model's ``thing_classes``, or 0-based class indices) are optional and only u
 be PredCls (``MODEL.ROI_RELATION_HEAD.USE_GT_BOX True``, ``USE_GT_OBJECT_LABEL True``) or SGCls
 (``USE_GT_BOX True``, ``USE_GT_OBJECT_LABEL False``); images without an entry are reported as failed.
 
-Class names come from the metadata of ``DATASETS.TEST[0]`` when that dataset is registered, else from the
+Class names come from the metadata of ``--dataset``, else of ``DATASETS.TEST[0]`` when registered, else from the
 model (``roi_heads.thing_classes`` / ``predicate_classes``), the checkpoint, or the priors file
 (``MODEL.ROI_RELATION_HEAD.PRIORS_FILE``).
 """
@@ -54,10 +57,10 @@ from tqdm import tqdm
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.logger import setup_logger
 
 import kern_d2.data  # noqa: F401  (registers the builtin datasets and their metadata)
@@ -79,7 +82,10 @@ class InputError(Exception):
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE", help="path to the model's config file")
-    parser.add_argument("--input", nargs="+", required=True, help="image folders, image files or globs")
+    sources = parser.add_mutually_exclusive_group(required=True)
+    sources.add_argument("--input", nargs="+", help="image folders, image files or globs")
+    sources.add_argument("--dataset", help="a registered dataset: its images (PredCls/SGCls: with its gt boxes)")
+    parser.add_argument("--num-images", type=int, default=0, help="with --dataset: its first N images (0: all)")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the JSON files and pictures")
     parser.add_argument("--top-k", type=int, default=20, help="triplets kept per image (0: all)")
     parser.add_argument("--draw-k", type=int, default=20, help="triplets drawn per picture (at most --top-k)")
@@ -186,6 +192,27 @@ def load_boxes_json(path: str) -> Dict[str, dict]:
         if labels is not None and len(labels) != len(boxes):
             raise InputError(f"--boxes-json {path}: entry {key!r}: {len(boxes)} boxes but {len(labels)} labels")
     return spec
+
+
+def dataset_inputs(name: str, num_images: int = 0) -> Tuple[List[str], Dict[str, dict]]:
+    """(image files, their gt boxes and labels in the --boxes-json format keyed by file) of the first
+    ``num_images`` images (all when <= 0) of a registered dataset."""
+    if name not in DatasetCatalog.list():
+        raise InputError(f"--dataset {name}: not a registered dataset")
+    try:
+        dicts = DatasetCatalog.get(name)
+    except (OSError, KeyError, ValueError) as e:  # missing or malformed dataset files
+        raise InputError(f"--dataset {name}: {type(e).__name__}: {e}") from e
+    if num_images > 0:
+        dicts = dicts[:num_images]
+    spec = {}
+    for record in dicts:
+        annotations = record.get("annotations", [])
+        spec[record["file_name"]] = {
+            "boxes": [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations],
+            "labels": [int(a["category_id"]) for a in annotations],
+        }
+    return [record["file_name"] for record in dicts], spec
 
 
 def find_boxes_entry(spec: Dict[str, dict], path: str) -> Optional[dict]:
@@ -471,13 +498,13 @@ def _as_names(values) -> Optional[List[str]]:
     return None if values is None else [str(v) for v in list(values)]
 
 
-def resolve_class_names(cfg, model, checkpoint_extra: Optional[dict] = None) -> Tuple[List[str], List[str]]:
+def resolve_class_names(cfg, model, checkpoint_extra: Optional[dict] = None,
+                        dataset: Optional[str] = None) -> Tuple[List[str], List[str]]:
     """(thing_classes, predicate_classes) from the first source that has each; InputError if none has them."""
     sources = []
-    if len(cfg.DATASETS.TEST):
-        meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-        sources.append((f"metadata of {cfg.DATASETS.TEST[0]}", meta.get("thing_classes", None),
-                        meta.get("predicate_classes", None)))
+    for name in ([dataset] if dataset else []) + list(cfg.DATASETS.TEST[:1]):
+        meta = MetadataCatalog.get(name)
+        sources.append((f"metadata of {name}", meta.get("thing_classes", None), meta.get("predicate_classes", None)))
     heads = getattr(model, "roi_heads", None)
     sources.append(("the model", getattr(heads, "thing_classes", None), getattr(heads, "predicate_classes", None)))
     extra = checkpoint_extra or {}
@@ -525,18 +552,19 @@ def load_model(cfg):
     return model, extra or {}
 
 
-def check_mode(cfg, boxes_json: Optional[str]) -> str:
-    """The task ("predcls", "sgcls" or "sgdet") of the config, checked against the presence of --boxes-json."""
+def check_mode(cfg, boxes_json: Optional[str], from_dataset: bool = False) -> str:
+    """The task ("predcls", "sgcls" or "sgdet") of the config, checked against the presence of --boxes-json
+    (``from_dataset``: the images come with the gt boxes of a dataset)."""
     rel = cfg.MODEL.ROI_RELATION_HEAD
     try:
         mode = sgg_mode(rel.USE_GT_BOX, rel.USE_GT_OBJECT_LABEL)
     except ValueError as e:
         raise InputError(str(e)) from e
     use_gt_box = rel.USE_GT_BOX
-    if use_gt_box and not boxes_json:
+    if use_gt_box and not boxes_json and not from_dataset:
         raise InputError(
             "the config is PredCls/SGCls (MODEL.ROI_RELATION_HEAD.USE_GT_BOX True), which scores relations between "
-            "given boxes: pass --boxes-json, or run SGDet with --opts MODEL.ROI_RELATION_HEAD.USE_GT_BOX False "
+            "given boxes: pass --boxes-json (or --dataset), or run SGDet with --opts MODEL.ROI_RELATION_HEAD.USE_GT_BOX False "
             "MODEL.ROI_RELATION_HEAD.USE_GT_OBJECT_LABEL False"
         )
     if boxes_json and not use_gt_box:
@@ -552,15 +580,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logger(name="kern_d2")
     try:
         cfg = setup_cfg(args.config_file, list(args.opts) + list(args.extra_opts))
-        mode = check_mode(cfg, args.boxes_json)
-        files, ignored = collect_image_files(args.input)
-        for path in ignored:
-            logger.info(f"ignored (not an image file name): {path}")
-        if not files:
-            raise InputError(f"--input {' '.join(args.input)}: no image files found")
-        boxes_spec = load_boxes_json(args.boxes_json) if args.boxes_json else None
+        mode = check_mode(cfg, args.boxes_json, from_dataset=args.dataset is not None)
+        gt_spec = None
+        if args.dataset:
+            (files, gt_spec), ignored = dataset_inputs(args.dataset, args.num_images), []
+            if not files:
+                raise InputError(f"--dataset {args.dataset}: no images")
+        else:
+            files, ignored = collect_image_files(args.input)
+            for path in ignored:
+                logger.info(f"ignored (not an image file name): {path}")
+            if not files:
+                raise InputError(f"--input {' '.join(args.input)}: no image files found")
+        if args.boxes_json:
+            boxes_spec = load_boxes_json(args.boxes_json)
+        else:
+            boxes_spec = gt_spec if cfg.MODEL.ROI_RELATION_HEAD.USE_GT_BOX else None
         model, extra = load_model(cfg)
-        thing_classes, predicate_classes = resolve_class_names(cfg, model, extra)
+        thing_classes, predicate_classes = resolve_class_names(cfg, model, extra, dataset=args.dataset)
         images = ImageInputs(files, cfg, thing_classes, boxes_spec)
     except InputError as e:
         logger.error(str(e))

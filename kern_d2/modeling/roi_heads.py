@@ -13,6 +13,7 @@ from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads import build_box_head
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
+from kern_d2.data.registration import check_classes_match_config
 from kern_d2.layers import PairUnionPooler
 from kern_d2.structures import SceneGraphInstances, set_relation_predictions
 
@@ -35,28 +36,15 @@ def sgg_mode(use_gt_box: bool, use_gt_object_label: bool) -> str:
     return "sgdet"
 
 
-def _dataset_metadata(cfg) -> Tuple[Optional[str], Optional[list], Optional[list], Optional[str]]:
-    """(dataset name, thing_classes, predicate_classes, priors_file) of the first training (else test) dataset
-    whose metadata has class names; Nones when none has."""
+def _dataset_metadata(cfg) -> Tuple[Optional[list], Optional[list], Optional[str]]:
+    """(thing_classes, predicate_classes, priors_file) of the first training (else test) dataset whose metadata has
+    class names; Nones when none has."""
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         meta = MetadataCatalog.get(name)
         things, predicates = meta.get("thing_classes", None), meta.get("predicate_classes", None)
         if things is not None and predicates is not None:
-            return name, list(things), list(predicates), meta.get("priors_file", None)
-    return None, None, None, None
-
-
-def _check_class_counts(cfg, dataset: Optional[str], things: Optional[list], predicates: Optional[list]) -> None:
-    """The config's class counts must be the dataset's (a model of other sizes would fail later, obscurely)."""
-    if dataset is None:
-        return
-    num_classes, num_predicates = cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.ROI_RELATION_HEAD.NUM_PREDICATES
-    if len(things) != num_classes or len(predicates) != num_predicates:
-        raise ValueError(
-            f"dataset '{dataset}' has {len(things)} thing_classes and {len(predicates)} predicate_classes "
-            f"(with '__no_relation__'), but the config has MODEL.ROI_HEADS.NUM_CLASSES={num_classes} and "
-            f"MODEL.ROI_RELATION_HEAD.NUM_PREDICATES={num_predicates}"
-        )
+            return list(things), list(predicates), meta.get("priors_file", None)
+    return None, None, None
 
 
 def build_priors(cfg) -> KnowledgePriors:
@@ -65,8 +53,9 @@ def build_priors(cfg) -> KnowledgePriors:
     the first forward)."""
     rel = cfg.MODEL.ROI_RELATION_HEAD
     num_classes, num_predicates = cfg.MODEL.ROI_HEADS.NUM_CLASSES, rel.NUM_PREDICATES
-    dataset, things, predicates, metadata_priors_file = _dataset_metadata(cfg)
-    _check_class_counts(cfg, dataset, things, predicates)
+    # A model of other sizes than its datasets would fail later, obscurely.
+    check_classes_match_config(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST), num_classes, num_predicates)
+    things, predicates, metadata_priors_file = _dataset_metadata(cfg)
     if not rel.USE_PRIORS:
         return KnowledgePriors.uniform(num_classes, num_predicates)
     path = rel.PRIORS_FILE or metadata_priors_file
