@@ -105,3 +105,10 @@ def write_synthetic_vg(
 def vg_writer():
     """The :func:`write_synthetic_vg` function, for tests in other files (conftest is not imported by name)."""
     return write_synthetic_vg
+
+
+def pytest_configure(config):
+    # One torch thread: on two cores the small tensors of these tests run several times faster than with two.
+    import torch
+
+    torch.set_num_threads(1)

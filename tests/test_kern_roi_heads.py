@@ -19,12 +19,11 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-import kern_d2.modeling  # noqa: F401  (registers SceneGraphRCNN, KERNROIHeads, the toy backbone)
 from kern_d2.config import add_kern_config
 from kern_d2.data import SGGDatasetMapper, register_toy
 from kern_d2.modeling.pair_sampling import all_ordered_pairs
 from kern_d2.modeling.priors import KnowledgePriors, compute_priors, save_priors
-from kern_d2.modeling import roi_heads as roi_heads_module
+from kern_d2.modeling import roi_heads as roi_heads_module  # also registers the model parts
 from kern_d2.structures import Relations, SceneGraphInstances
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +92,9 @@ def toy(toy_dataset_root, tmp_path_factory):
 
 
 def build(toy, mode="predcls", head="kern", seed=0, **overrides):
+    """(cfg, model); seeds torch (weights, pair sampling) and numpy (the train mapper's flips)."""
     torch.manual_seed(seed)
+    np.random.seed(seed)
     cfg = toy_kern_cfg(toy, mode, head, **overrides)
     return cfg, build_model(cfg)
 

@@ -1,5 +1,6 @@
 """tools/predict.py with the KERN models trained on the toy dataset (SGDet on a folder of images, PredCls with
 --boxes-json), and tools/visualize_data.py on the toy train split; subprocesses, CPU."""
+import importlib.util
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from kern_d2.data import register_toy
 from kern_d2.data.vg import SPLITS
 
 pytest.register_assert_rewrite("tool_fixtures")
-from tool_fixtures import MODE_CONFIGS, MODE_OPTS, NUM_TEST  # noqa: E402
+from tool_fixtures import MODE_CONFIGS, MODE_OPTS, NUM_TEST, ROOT  # noqa: E402
 
 pytest_plugins = ["tool_fixtures"]
 
@@ -25,11 +26,11 @@ TOP_K = 20  # predict.py's default --top-k
 
 @pytest.fixture(scope="module")
 def toy_splits(toy_tools):
-    """{split: (dataset dicts, thing_classes, predicate_classes)} of the session's toy dataset, registered here
-    under a private prefix."""
+    """{split: (dataset dicts, thing_classes, predicate_classes), "prefix": the name prefix} of the session's toy
+    dataset, registered in this process as ``<prefix>_train`` etc."""
     prefix = f"predict_e2e_{uuid.uuid4().hex[:8]}"
     register_toy(toy_tools.toy_root, prefix=prefix)
-    splits = {}
+    splits = {"prefix": prefix}
     for split in SPLITS:
         dicts = DatasetCatalog.get(f"{prefix}_{split}")
         meta = MetadataCatalog.get(f"{prefix}_{split}")
@@ -131,6 +132,30 @@ def test_predict_predcls_with_given_boxes_and_labels(toy_tools, toy_splits):
         n = len(boxes)
         assert record["num_candidate_pairs"] == n * (n - 1) and len(record["triplets"]) == min(TOP_K, n * (n - 1))
         _check_picture(entry["png"])
+
+
+def test_predict_on_a_registered_dataset_uses_its_gt_boxes(toy_tools, toy_splits):
+    # In this process (the dataset is registered here under a private name), as tools/run_toy_pipeline.py runs it.
+    spec = importlib.util.spec_from_file_location("tools_predict_e2e", os.path.join(ROOT, "tools", "predict.py"))
+    predict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict)
+    test_dicts, thing_classes, predicate_classes = toy_splits["test"]
+    output = os.path.join(toy_tools.scratch("predict_dataset"), "out")
+    weights = os.path.join(toy_tools.trained("predcls"), "model_final.pth")
+    args = ["--config-file", MODE_CONFIGS["predcls"], "--dataset", f"{toy_splits['prefix']}_test", "--num-images", "2",
+            "--output", output, "--num-workers", "0", "--opts", *toy_tools.kern_opts(), "MODEL.WEIGHTS", weights]
+    assert predict.main(args) == 0
+    with open(os.path.join(output, "summary.json")) as f:
+        summary = json.load(f)
+    assert [entry["file"] for entry in summary["processed"]] == [d["file_name"] for d in test_dicts[:2]]
+    for entry, image in zip(summary["processed"], test_dicts):
+        with open(entry["json"]) as f:
+            record = json.load(f)
+        boxes = _check_record(record, image, thing_classes, predicate_classes, "predcls")
+        gt = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in image["annotations"]]
+        np.testing.assert_allclose(boxes, gt, atol=0.02)
+        assert record["label_ids"] == [a["category_id"] for a in image["annotations"]]
+    assert predict.main(args[:2] + ["--dataset", "no_such_dataset_e2e"] + args[4:]) == 2
 
 
 def test_visualize_data_draws_the_ground_truth(toy_tools, toy_splits):

@@ -29,9 +29,12 @@ def toy(tmp_path_factory):
     return register_toy_with_priors(str(root), str(root / "priors.npz"))
 
 
-def train(model, inputs: List[dict], iters: int, seed: int = 0) -> List[dict]:
-    """Adam on the trainable parameters, random batches of BATCH_SIZE images; the losses of every iteration."""
+def train(model, cfg, dicts: List[dict], iters: int, seed: int = 0) -> List[dict]:
+    """Adam on the trainable parameters, random batches of BATCH_SIZE images mapped once (random flips and
+    duplicate-predicate draws of the mapper seeded too); the losses of every iteration."""
     torch.manual_seed(seed)
+    np.random.seed(seed)
+    inputs = map_dicts(cfg, dicts, is_train=True)
     rng = np.random.RandomState(seed)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
     model.train()
@@ -58,7 +61,7 @@ def test_predcls_kern_learns_and_beats_the_frequency_baseline(toy):
     torch.manual_seed(0)
     cfg = toy_kern_cfg(toy, "predcls", "kern")
     model = build_model(cfg)
-    history = train(model, map_dicts(cfg, toy.train, is_train=True), PREDCLS_ITERS)
+    history = train(model, cfg, toy.train, PREDCLS_ITERS)
     loss = [h["loss_relation"] for h in history]
     first, last = np.mean(loss[:10]), np.mean(loss[-10:])
     kern = evaluate(model, cfg, toy.test, "predcls")
@@ -69,7 +72,7 @@ def test_predcls_kern_learns_and_beats_the_frequency_baseline(toy):
           f"R@50 on {NUM_TEST} held-out images: KERN {kern['R@50']:.3f}, FREQ {freq['R@50']:.3f}; "
           f"mR@50 KERN {kern['mR@50']:.3f}, FREQ {freq['mR@50']:.3f}")
     assert last < 0.3 * first
-    assert kern["R@50"] >= freq["R@50"] + 0.15
+    assert kern["R@50"] >= freq["R@50"] + 0.2
     assert kern["mR@50"] > freq["mR@50"]
 
 
@@ -79,7 +82,7 @@ def test_sgcls_and_sgdet_train_and_produce_relations(toy, mode):
     cfg = toy_kern_cfg(toy, mode, "kern", **{"MODEL.ROI_RELATION_HEAD.MAX_DETECTIONS": 16})
     model = build_model(cfg)
     before = {k: v.clone() for k, v in model.roi_heads.relation_head.state_dict().items()}
-    history = train(model, map_dicts(cfg, toy.train, is_train=True), 5)
+    history = train(model, cfg, toy.train, 5)
     assert all(np.isfinite(v) for h in history for v in h.values())
     assert set(history[0]) == {"loss_relation", "loss_object"}
     after = model.roi_heads.relation_head.state_dict()

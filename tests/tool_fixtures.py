@@ -55,7 +55,8 @@ class ToyTools:
 
     def run(self, tool: str, *args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
         """``python tools/<tool> args`` in ``work``; with ``check`` a non-zero exit fails with the output's tail."""
-        env = dict(os.environ, KERN_DATASETS=self.datasets)
+        python_path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, KERN_DATASETS=self.datasets, PYTHONPATH=python_path)
         proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), *args], cwd=self.work, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
         if check and proc.returncode != 0:

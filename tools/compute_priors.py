@@ -85,6 +85,8 @@ def summarize(dataset_dicts, obj_cooccurrence, rel_prior, thing_classes, predica
 def main(argv=None) -> str:
     args = get_parser().parse_args(argv)
     dataset, output = resolve_dataset_and_output(args)
+    if dataset not in DatasetCatalog.list():
+        raise ValueError(f"dataset {dataset} is not registered (builtin: vg150_train, toy_train, ...)")
     meta = MetadataCatalog.get(dataset)
     thing_classes, predicate_classes = meta.get("thing_classes", None), meta.get("predicate_classes", None)
     if thing_classes is None or predicate_classes is None:
@@ -105,4 +107,7 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (KeyError, ValueError) as e:  # unknown dataset, no output file, class lists missing
+        sys.exit(f"compute_priors.py: {e}")

@@ -55,7 +55,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
@@ -66,6 +65,7 @@ from detectron2.utils.logger import setup_logger
 import kern_d2.data  # noqa: F401  (registers the builtin datasets and their metadata)
 import kern_d2.modeling  # noqa: F401  (registers the model parts)
 from kern_d2 import add_kern_config
+from kern_d2.checkpoint import CheckpointError, SGGCheckpointer
 from kern_d2.modeling.roi_heads import sgg_mode
 from kern_d2.utils.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image
 from kern_d2.utils.visualizer import draw_scene_graph, save_image
@@ -547,7 +547,10 @@ def load_model(cfg):
         logger.warning("MODEL.WEIGHTS is empty: the model is untrained and its scene graphs are meaningless")
     elif "://" not in weights and not os.path.isfile(weights):
         raise InputError(f"MODEL.WEIGHTS {weights}: no such file")
-    extra = DetectionCheckpointer(model).load(weights) if weights else {}
+    try:
+        extra = SGGCheckpointer(model, for_inference=True).load(weights) if weights else {}
+    except CheckpointError as e:
+        raise InputError(str(e)) from e
     model.eval()
     return model, extra or {}
 

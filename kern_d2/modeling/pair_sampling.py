@@ -8,11 +8,16 @@ from detectron2.structures.boxes import pairwise_intersection
 
 
 def all_ordered_pairs(num_boxes: int, device: torch.device) -> torch.Tensor:
-    """All ordered pairs (i, j), i != j, of ``num_boxes`` boxes: int64 [n(n-1), 2], row-major."""
-    index = torch.arange(num_boxes, device=device)
-    subj, obj = torch.meshgrid(index, index, indexing="ij")
-    keep = subj != obj
-    return torch.stack([subj[keep], obj[keep]], dim=1)
+    """All ordered pairs (i, j), i != j, of ``num_boxes`` boxes: int64 [n(n-1), 2], row-major.
+
+    Built without a mask (whose indexing would wait for the device): the k-th partner of i is k, or k + 1 from i on.
+    """
+    if num_boxes < 2:
+        return torch.zeros((0, 2), dtype=torch.int64, device=device)
+    subj = torch.arange(num_boxes, device=device)[:, None].expand(num_boxes, num_boxes - 1)
+    partner = torch.arange(num_boxes - 1, device=device)[None, :].expand(num_boxes, num_boxes - 1)
+    obj = partner + (partner >= subj).to(torch.int64)
+    return torch.stack([subj.reshape(-1), obj.reshape(-1)], dim=1)
 
 
 def overlapping(boxes: Boxes, pairs: torch.Tensor) -> torch.Tensor:

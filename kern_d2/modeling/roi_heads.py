@@ -193,7 +193,8 @@ class KERNROIHeads(StandardROIHeads):
                     state_dict[union_prefix + name] = state_dict[key].clone()
                     copied.append(name)
             if copied:
-                logger.info(f"Initialised the union-feature fc head from the detector's box head ({len(copied)} tensors).")
+                logger.info(f"Initialised the union-feature fc head from the detector's box head ({len(copied)} "
+                            "tensors).")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---------------------------------------------------------------- objects
@@ -290,9 +291,11 @@ class KERNROIHeads(StandardROIHeads):
             object_targets.append(obj_target)
 
         rel_logits = self._relation_logits(features, boxes, pair_list, obj_feats.split(sizes), prior_labels)
-        losses = {"loss_relation": self.relation_loss_weight * _mean_cross_entropy(rel_logits, torch.cat(pair_target_list))}
+        rel_loss = _mean_cross_entropy(rel_logits, torch.cat(pair_target_list))
+        losses = {"loss_relation": self.relation_loss_weight * rel_loss}
         if obj_logits is not None and self.object_routing is not None:
-            losses["loss_object"] = self.object_loss_weight * _mean_cross_entropy(obj_logits, torch.cat(object_targets))
+            obj_loss = _mean_cross_entropy(obj_logits, torch.cat(object_targets))
+            losses["loss_object"] = self.object_loss_weight * obj_loss
         return losses
 
     def _relation_logits(self, features, boxes, pair_idxs, obj_feats_per_image, obj_labels):

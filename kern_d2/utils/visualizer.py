@@ -204,7 +204,7 @@ def _arrow_ends(shown: Sequence[Triplet], centres: np.ndarray, spacing: float) -
 
 
 def _format_score(score: Optional[float]) -> str:
-    return "" if score is None else f"{float(score):.2f}"
+    return "" if score is None else f"{float(score):.3g}"
 
 
 def _wrap(text: str, font, max_width: int, max_lines: int = 3) -> List[str]:
