@@ -185,3 +185,13 @@ def setup_cfg(args):
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="kern_d2", abbrev_name="kern_d2")
     share_cpu_cores(cfg)
     return cfg
+
+
+def close_process_group() -> None:
+    """Wait for every process, then tear the process group down before the interpreter exits: a gloo group left
+    alive at exit can abort a worker ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -13,6 +13,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from matplotlib.image import imread
 
 from kern_d2.config import add_kern_config
+from kern_d2.engine import close_process_group
 from kern_d2.evaluation import (
     SceneGraphEvaluator,
     compute_sgg_metrics,
@@ -185,6 +186,7 @@ def _distributed_worker(name, dicts, outputs, result_file):
             json.dump(results["sgg"], f)
     else:
         assert results == {}
+    close_process_group()
 
 
 def test_distributed_gloo_two_processes_equal_single_process(tmp_path):

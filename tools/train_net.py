@@ -15,10 +15,10 @@ import kern_d2.modeling  # noqa: F401  (registers SceneGraphRCNN, KERNROIHeads, 
 from detectron2.engine import default_argument_parser, launch
 
 from kern_d2.checkpoint import SGGCheckpointer
-from kern_d2.engine import SGGTrainer, check_training_config, load_cfg, setup_cfg
+from kern_d2.engine import SGGTrainer, check_training_config, close_process_group, load_cfg, setup_cfg
 
 
-def main(args):
+def run(args):
     cfg = setup_cfg(args)
     if args.eval_only:
         model = SGGTrainer.build_model(cfg)
@@ -27,6 +27,12 @@ def main(args):
     trainer = SGGTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def main(args):
+    results = run(args)
+    close_process_group()
+    return results
 
 
 if __name__ == "__main__":
