@@ -1,7 +1,8 @@
 """A small synthetic scene graph dataset in the exact VG150 file format, for CPU runs of the whole pipeline.
 
 Images (160-256 px, non-square) show 2-6 coloured shapes on a noisy textured background. Each object class is a
-distinct shape/colour combination. Objects come in related pairs (one or two annotated predicates) and a few
+distinct shape/colour combination, except one look-alike pair ("dog" is drawn as "ball"): there the class, not the
+picture, decides between "standing on" and "on". Objects come in related pairs (one or two annotated predicates) and a few
 loners; pairs of different groups are left unannotated, as in VG.
 
 The predicates are built so that visual cues and class priors are both needed:
@@ -34,7 +35,7 @@ from .vg_format import (
     xyxy_to_boxes_1024,
 )
 
-# name -> (shape, BGR colour, (min w, max w), (min h, max h)); every class is a distinct shape/colour combination
+# name -> (shape, BGR colour, (min w, max w), (min h, max h)); distinct, except the look-alike noted below
 CLASSES: Dict[str, Tuple[str, Tuple[int, int, int], Tuple[int, int], Tuple[int, int]]] = {
     "person": ("rectangle", (200, 60, 20), (18, 26), (38, 54)),
     "hat": ("triangle", (30, 30, 220), (20, 28), (16, 20)),
@@ -43,7 +44,9 @@ CLASSES: Dict[str, Tuple[str, Tuple[int, int, int], Tuple[int, int], Tuple[int, 
     "ball": ("circle", (40, 190, 40), (16, 24), None),
     "box": ("frame", (0, 140, 255), (42, 54), (42, 54)),
     "lamp": ("diamond", (230, 230, 60), (18, 26), (22, 30)),
-    "dog": ("ellipse", (200, 40, 200), (30, 42), (18, 24)),
+    # A look-alike: "dog" is drawn exactly as "ball", so no pixel tells "dog standing on table" from "ball on
+    # table"; only the class label (given in PredCls, and used by the priors) does, as with many VG classes.
+    "dog": ("circle", (40, 190, 40), (16, 24), None),
     "tree": ("triangle", (30, 100, 20), (28, 40), (40, 56)),
     "bird": ("chevron", (250, 250, 250), (20, 28), (16, 22)),
 }
