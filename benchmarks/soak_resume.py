@@ -34,7 +34,7 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE_LR, GAMMA, WRITE_PERIOD = 0.01, 0.1, 20  # Base-Toy-KERN.yaml's lr, Detectron2's defaults
+BASE_LR, GAMMA, WRITE_PERIOD = 0.01, 0.1, 20  # lr set on the command line; Detectron2's defaults
 SMALL = ["SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192",
          "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192", "DATASETS.TEST", "()"]
 
@@ -95,7 +95,7 @@ class Soak:
                 os.path.join(ROOT, "configs", "toy", "kern_predcls.yaml"), "OUTPUT_DIR", self.output,
                 "MODEL.WEIGHTS", self.detector, "MODEL.ROI_RELATION_HEAD.PRIORS_FILE", self.priors, *SMALL,
                 "SOLVER.MAX_ITER", str(a.iters), "SOLVER.CHECKPOINT_PERIOD", str(a.checkpoint_period),
-                "SOLVER.STEPS", f"({self.lr_step},)", "SOLVER.WARMUP_ITERS", "0",
+                "SOLVER.STEPS", f"({self.lr_step},)", "SOLVER.BASE_LR", str(BASE_LR), "SOLVER.WARMUP_ITERS", "0",
                 "DATALOADER.NUM_WORKERS", str(a.workers), "MODEL.ROI_RELATION_HEAD.BATCH_SIZE_PER_IMAGE", "16"]
 
     def last_checkpoint(self):

@@ -21,7 +21,7 @@ from tool_fixtures import MODE_CONFIGS, ROOT
 pytest_plugins = ["tool_fixtures"]
 
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
-BASE_LR = 0.01  # configs/toy/Base-Toy-KERN.yaml
+BASE_LR = 0.01  # set on the command line: the schedule checks below do not follow the config file
 LR_STEP = 6
 
 
@@ -29,7 +29,7 @@ def kern_command(toy_tools, output_dir, max_iter, *args):
     """train_net.py on KERN PredCls: checkpoints every 2 iterations, lr x0.1 from iteration 6, no evaluation."""
     return [TRAIN_NET, *args, "--config-file", MODE_CONFIGS["predcls"], "OUTPUT_DIR", output_dir,
             *toy_tools.kern_opts(), "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "2",
-            "SOLVER.STEPS", f"({LR_STEP},)", "SOLVER.WARMUP_ITERS", "0", "DATASETS.TEST", "()",
+            "SOLVER.STEPS", f"({LR_STEP},)", "SOLVER.BASE_LR", str(BASE_LR), "SOLVER.WARMUP_ITERS", "0", "DATASETS.TEST", "()",
             "MODEL.ROI_RELATION_HEAD.BATCH_SIZE_PER_IMAGE", "16"]
 
 
