@@ -204,7 +204,10 @@ def _arrow_ends(shown: Sequence[Triplet], centres: np.ndarray, spacing: float) -
 
 
 def _format_score(score: Optional[float]) -> str:
-    return "" if score is None else f"{float(score):.3g}"
+    if score is None:
+        return ""
+    # Fixed width for the panel's score column; tiny triplet scores (products of three probabilities) stay legible.
+    return f"{float(score):.3f}" if float(score) >= 0.001 or float(score) == 0 else "<0.001"
 
 
 def _wrap(text: str, font, max_width: int, max_lines: int = 3) -> List[str]:
