@@ -25,16 +25,7 @@ class KERN(nn.Module):
 
     def __init__(self, cfg, union_dim: int, object_dim: int):
         super().__init__()
-        rel = cfg.MODEL.ROI_RELATION_HEAD
-        self.routing = RelationRouting(
-            num_predicates=rel.NUM_PREDICATES,
-            obj_dim=object_dim,
-            union_dim=union_dim,
-            hidden_dim=rel.HIDDEN_DIM,
-            output_dim=rel.OUTPUT_DIM,
-            num_steps=rel.NUM_STEPS,
-            released_code_gate=rel.RELEASED_CODE_GATE,
-        )
+        self.routing = RelationRouting(**RelationRouting.from_config(cfg, object_dim, union_dim))
 
     def forward(self, union_features, subj_features, obj_features, prior):
         return self.routing(subj_features, obj_features, union_features, prior)

@@ -147,17 +147,9 @@ class KERNROIHeads(StandardROIHeads):
         fc_head = build_box_head(cfg, ShapeSpec(channels=in_channels, height=resolution, width=resolution))
         union_feature = UnionFeatureExtractor(pooler, rel.MASK_SIZE, in_channels, resolution, fc_head)
         object_dim = ret["box_head"].output_shape.channels
-        num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
         object_routing = None
         if mode != "predcls" and rel.USE_OBJECT_ROUTING:
-            object_routing = ObjectRouting(
-                num_classes=num_classes,
-                input_dim=object_dim,
-                hidden_dim=rel.HIDDEN_DIM,
-                output_dim=rel.OUTPUT_DIM,
-                num_steps=rel.NUM_STEPS,
-                released_code_gate=rel.RELEASED_CODE_GATE,
-            )
+            object_routing = ObjectRouting(**ObjectRouting.from_config(cfg, object_dim))
         ret.update(
             union_feature=union_feature,
             relation_head=build_relation_head(cfg, union_feature.output_size, object_dim),
