@@ -31,10 +31,10 @@ at::Tensor pair_union_roi_align_backward(
     double spatial_scale,
     int64_t sampling_ratio,
     bool aligned,
-    int64_t batch_size,
-    int64_t channels,
-    int64_t height,
-    int64_t width) {
+    c10::SymInt batch_size,
+    c10::SymInt channels,
+    c10::SymInt height,
+    c10::SymInt width) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("kern_d2::_pair_union_roi_align_backward", "")
                        .typed<decltype(pair_union_roi_align_backward)>();
@@ -208,10 +208,10 @@ class PairUnionRoIAlignBackwardFunction : public torch::autograd::Function<PairU
       double spatial_scale,
       int64_t sampling_ratio,
       bool aligned,
-      int64_t batch_size,
-      int64_t channels,
-      int64_t height,
-      int64_t width) {
+      c10::SymInt batch_size,
+      c10::SymInt channels,
+      c10::SymInt height,
+      c10::SymInt width) {
     save_geometry(ctx, boxes, pair_idx, output_size, spatial_scale, sampling_ratio, aligned);
     at::AutoDispatchBelowADInplaceOrView guard;
     return {pair_union_roi_align_backward(
@@ -255,7 +255,7 @@ class PairUnionRoIAlignFunction : public torch::autograd::Function<PairUnionRoIA
       int64_t sampling_ratio,
       bool aligned) {
     save_geometry(ctx, boxes, pair_idx, output_size, spatial_scale, sampling_ratio, aligned);
-    ctx->saved_data["features_shape"] = features.sizes();
+    ctx->saved_data["features_shape"] = features.sym_sizes();
     at::AutoDispatchBelowADInplaceOrView guard;
     return {pair_union_roi_align(features, boxes, pair_idx, output_size, spatial_scale, sampling_ratio, aligned)};
   }
@@ -263,7 +263,7 @@ class PairUnionRoIAlignFunction : public torch::autograd::Function<PairUnionRoIA
   // Boxes get no gradient.
   static variable_list backward(AutogradContext* ctx, const variable_list& grad_output) {
     const auto saved = ctx->get_saved_variables();
-    const auto shape = ctx->saved_data["features_shape"].toIntVector();
+    const auto shape = ctx->saved_data["features_shape"].toList();
     const auto grad_features = pair_union_roi_align_backward(
         grad_output[0],
         saved[0],
@@ -272,10 +272,10 @@ class PairUnionRoIAlignFunction : public torch::autograd::Function<PairUnionRoIA
         ctx->saved_data["spatial_scale"].toDouble(),
         ctx->saved_data["sampling_ratio"].toInt(),
         ctx->saved_data["aligned"].toBool(),
-        shape[0],
-        shape[1],
-        shape[2],
-        shape[3]);
+        shape.get(0).toSymInt(),
+        shape.get(1).toSymInt(),
+        shape.get(2).toSymInt(),
+        shape.get(3).toSymInt());
     return {grad_features, Variable(), Variable(), Variable(), Variable(), Variable(), Variable()};
   }
 };
@@ -300,10 +300,10 @@ at::Tensor pair_union_roi_align_backward_autograd(
     double spatial_scale,
     int64_t sampling_ratio,
     bool aligned,
-    int64_t batch_size,
-    int64_t channels,
-    int64_t height,
-    int64_t width) {
+    c10::SymInt batch_size,
+    c10::SymInt channels,
+    c10::SymInt height,
+    c10::SymInt width) {
   return PairUnionRoIAlignBackwardFunction::apply(
       grad,
       boxes,
@@ -343,8 +343,8 @@ TORCH_LIBRARY_FRAGMENT(kern_d2, m) {
       "int sampling_ratio, bool aligned) -> Tensor");
   m.def(
       "_pair_union_roi_align_backward(Tensor grad, Tensor boxes, Tensor pair_idx, int output_size, "
-      "float spatial_scale, int sampling_ratio, bool aligned, int batch_size, int channels, int height, "
-      "int width) -> Tensor");
+      "float spatial_scale, int sampling_ratio, bool aligned, SymInt batch_size, SymInt channels, SymInt height, "
+      "SymInt width) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(kern_d2, Autograd, m) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
 
 namespace kern_d2 {
 
@@ -26,10 +27,10 @@ at::Tensor pair_union_roi_align_backward(
     double spatial_scale,
     int64_t sampling_ratio,
     bool aligned,
-    int64_t batch_size,
-    int64_t channels,
-    int64_t height,
-    int64_t width);
+    c10::SymInt batch_size,
+    c10::SymInt channels,
+    c10::SymInt height,
+    c10::SymInt width);
 
 namespace detail {
 

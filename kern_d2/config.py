@@ -45,6 +45,9 @@ def add_kern_config(cfg):
     rel.USE_OBJECT_ROUTING = True
     # The released KERN code reuses U_z in the reset gate; True reproduces that.
     rel.RELEASED_CODE_GATE = False
+    # How the relation routing's elementwise GGNN gate arithmetic runs: "fused" (kern_d2._C kernels, CPU and
+    # CUDA), "eager" (plain PyTorch ops) or "compile" (those ops under torch.compile). Same results.
+    rel.GATE_IMPL = "fused"
     # Detector parts are frozen in KERN training, as in the paper.
     rel.FREEZE_DETECTOR = True
     rel.OBJECT_LOSS_WEIGHT = 1.0

@@ -6,10 +6,11 @@ two boxes. The compiled ops work on the union box without materialising it:
 - :func:`pair_union_roi_align`: RoIAlign (torchvision semantics) of the union box of every pair, with a backward.
 - :func:`box_pair_masks`: the subject and object rectangles drawn inside the union box (the "spatial map").
 """
-import functools
 from typing import Tuple, Union
 
 import torch
+
+from .compiled_ops import load_ops
 
 __all__ = [
     "box_pair_masks",
@@ -19,14 +20,8 @@ __all__ = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
-def _ops():
-    """``torch.ops.kern_d2``, after importing kern_d2._C (whose import registers the ops)."""
-    try:
-        import kern_d2._C  # noqa: F401
-    except ImportError as e:
-        raise ImportError("kern_d2._C is not built: run bash scripts/install.sh") from e
-    return torch.ops.kern_d2
+# ``torch.ops.kern_d2`` with the fake kernels registered (an lru_cache: ``_ops.cache_clear()`` retries the import).
+_ops = load_ops
 
 
 def _box_tensor(boxes) -> torch.Tensor:

@@ -12,6 +12,12 @@ The three ``W a`` terms come from one matmul (``message``, [3D, M], no bias), th
 from one matmul (``state_gates``), ``U_h (r * h)`` from ``candidate`` (which holds b_h). The biases b_z, b_r live
 in ``gate_bias`` so that the ``W a`` terms stay linear in ``a``: the relation routing relies on it to scale one
 per-pair term by a per-node weight instead of multiplying every node's message.
+
+The elementwise arithmetic around the matmuls (``gate_impl``) runs as
+- "fused": the kernels of :mod:`kern_d2.layers.ggnn_gates` (kern_d2._C, CPU and CUDA) where a message term is shared
+  by a group of nodes (the relation routing), the PyTorch form elsewhere (per-node messages: the object routing);
+- "eager": plain PyTorch ops;
+- "compile": the PyTorch ops under ``torch.compile`` (generated Triton kernels on CUDA).
 """
 from typing import Optional, Tuple
 
@@ -19,7 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GatedGraphUpdate", "update_and_reset_gates", "blend_candidate"]
+from kern_d2.layers.ggnn_gates import ggnn_blend, ggnn_gates
+
+__all__ = ["GATE_IMPLS", "GatedGraphUpdate", "update_and_reset_gates", "blend_candidate"]
+
+GATE_IMPLS = ("fused", "eager", "compile")
 
 
 def _with_message(state: torch.Tensor, message: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
@@ -56,6 +66,11 @@ def blend_candidate(
     return torch.lerp(h.expand_as(candidate), candidate, z)
 
 
+def _shared_message(h: torch.Tensor, message_terms: torch.Tensor) -> bool:
+    """Whether the update is over groups [R, K, D] whose nodes share one message term [R, 1, 3D]."""
+    return h.dim() == 3 and message_terms.dim() == 3 and message_terms.shape[:2] == (h.shape[0], 1)
+
+
 class GatedGraphUpdate(nn.Module):
     """One GGNN state update, applied to any batch of nodes ``[..., D]``.
 
@@ -63,9 +78,10 @@ class GatedGraphUpdate(nn.Module):
         hidden_dim: D, the node state size.
         message_dim: M, the incoming message size (2 D for messages ``[incoming ; outgoing]``).
         released_code_gate: reproduce KERN's released code, whose reset gate reuses U_z (U_r := U_z).
+        gate_impl: how the elementwise gate arithmetic runs, one of :data:`GATE_IMPLS` (see the module docstring).
     """
 
-    def __init__(self, hidden_dim: int, message_dim: int, released_code_gate: bool = False):
+    def __init__(self, hidden_dim: int, message_dim: int, released_code_gate: bool = False, gate_impl: str = "fused"):
         super().__init__()
         self.hidden_dim = hidden_dim
         self.message_dim = message_dim
@@ -76,9 +92,15 @@ class GatedGraphUpdate(nn.Module):
         self.candidate = nn.Linear(hidden_dim, hidden_dim)
         self._gates_fn = update_and_reset_gates
         self._blend_fn = blend_candidate
+        if gate_impl not in GATE_IMPLS:
+            raise ValueError(f"GatedGraphUpdate: gate_impl must be one of {GATE_IMPLS}, got {gate_impl!r}")
+        self.gate_impl = gate_impl
+        if gate_impl == "compile":
+            self.compile_gate_math()
 
     def compile_gate_math(self, **compile_kwargs) -> None:
-        """Run the elementwise gate arithmetic through ``torch.compile`` (optional; eager works everywhere)."""
+        """Run the elementwise gate arithmetic through ``torch.compile`` (``gate_impl="compile"``)."""
+        self.gate_impl = "compile"
         self._gates_fn = torch.compile(update_and_reset_gates, **compile_kwargs)
         self._blend_fn = torch.compile(blend_candidate, **compile_kwargs)
 
@@ -105,6 +127,12 @@ class GatedGraphUpdate(nn.Module):
         """
         d = self.hidden_dim
         state_zr = F.linear(h, self.state_gate_weight(), self.gate_bias)
+        if self.gate_impl == "fused" and _shared_message(h, message_terms):
+            message = message_terms[:, 0]  # [R, 3D]
+            node_scale = None if scale is None else scale[..., 0]  # [R, K]
+            num_nodes = h.shape[1] if node_scale is None else max(h.shape[1], node_scale.shape[1])
+            z, reset_h = ggnn_gates(state_zr, message[:, : 2 * d], h, node_scale, num_nodes)
+            return ggnn_blend(self.candidate(reset_h), message[:, 2 * d :], z, h, node_scale)
         z, reset_h = self._gates_fn(message_terms[..., : 2 * d], state_zr, h, scale)
         return self._blend_fn(message_terms[..., 2 * d :], self.candidate(reset_h), z, h, scale)
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ggnn import GatedGraphUpdate
+from .ggnn import GATE_IMPLS, GatedGraphUpdate
 
 __all__ = ["RelationRouting"]
 
@@ -39,6 +39,8 @@ class RelationRouting(nn.Module):
         output_dim: size of each node's output o = ReLU(W_o [h_T ; h_0]).
         num_steps: T, the number of propagation steps.
         released_code_gate: reuse U_z in the reset gate, as KERN's released code does.
+        gate_impl: how the GGNN's elementwise gate arithmetic runs ("fused", "eager" or "compile"; see
+            :mod:`kern_d2.modeling.ggnn`).
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class RelationRouting(nn.Module):
         output_dim: int = 512,
         num_steps: int = 3,
         released_code_gate: bool = False,
+        gate_impl: str = "fused",
     ):
         super().__init__()
         self.num_predicates = num_predicates
@@ -57,7 +60,7 @@ class RelationRouting(nn.Module):
         self.num_steps = num_steps
         self.object_proj = nn.Linear(obj_dim, hidden_dim)
         self.union_proj = nn.Linear(union_dim, hidden_dim)
-        self.update = GatedGraphUpdate(hidden_dim, 2 * hidden_dim, released_code_gate)
+        self.update = GatedGraphUpdate(hidden_dim, 2 * hidden_dim, released_code_gate, gate_impl)
         self.output = nn.Linear(2 * hidden_dim, output_dim)  # W_o over [h_T ; h_0]
         self.classifier = nn.Linear((num_predicates + 2) * output_dim, num_predicates)
 
@@ -65,6 +68,8 @@ class RelationRouting(nn.Module):
     def from_config(cls, cfg, obj_dim: int, union_dim: int) -> dict:
         """Constructor arguments from a config with kern_d2's keys (``RelationRouting(**from_config(cfg, ...))``)."""
         rel = cfg.MODEL.ROI_RELATION_HEAD
+        if rel.GATE_IMPL not in GATE_IMPLS:
+            raise ValueError(f"MODEL.ROI_RELATION_HEAD.GATE_IMPL must be one of {GATE_IMPLS}, got {rel.GATE_IMPL!r}")
         return {
             "obj_dim": obj_dim,
             "union_dim": union_dim,
@@ -73,6 +78,7 @@ class RelationRouting(nn.Module):
             "output_dim": rel.OUTPUT_DIM,
             "num_steps": rel.NUM_STEPS,
             "released_code_gate": rel.RELEASED_CODE_GATE,
+            "gate_impl": rel.GATE_IMPL,
         }
 
     def _check_inputs(self, subj_features, obj_features, union_features, edge_weights):

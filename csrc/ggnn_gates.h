@@ -1,0 +1,108 @@
+// kern_d2::ggnn_gates and kern_d2::ggnn_blend: the elementwise halves of a GGNN update (kern_d2/modeling/ggnn.py)
+// for nodes grouped by pair, each group of K nodes sharing one message term scaled per node:
+//
+//   gates:  z = sigmoid(S_z + s M_z),  r = sigmoid(S_r + s M_r),  reset_h = r * h
+//   blend:  c = tanh(S_h + s M_h),     h' = h + z (c - h)
+//
+// S are the per-node state terms ([R, K or 1, .] with the bias), M the per-pair message terms [R, .], s the
+// per-node scale [R, K] (1 when absent), h the states [R, K or 1, D]. A "K or 1" input is broadcast over the
+// group's nodes; its gradient is summed over them. The math per element is shared by the CPU and CUDA kernels.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
+#include <c10/util/Optional.h>
+
+#include <cmath>
+#include <tuple>
+
+namespace kern_d2 {
+
+namespace detail {
+
+C10_HOST_DEVICE inline float ggnn_exp(float x) {
+  return ::expf(x);
+}
+C10_HOST_DEVICE inline double ggnn_exp(double x) {
+  return ::exp(x);
+}
+C10_HOST_DEVICE inline float ggnn_tanh(float x) {
+  return ::tanhf(x);
+}
+C10_HOST_DEVICE inline double ggnn_tanh(double x) {
+  return ::tanh(x);
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T ggnn_sigmoid(T x) {
+  return T(1) / (T(1) + ggnn_exp(-x));
+}
+
+// Gradients of one (node, channel) element of the gates: d/dS_z, d/dS_r and d/dh (through reset_h only).
+template <typename T>
+struct GateGrad {
+  T state_z, state_r, h;
+};
+
+template <typename T>
+C10_HOST_DEVICE inline GateGrad<T> gate_grad(T grad_z, T grad_reset_h, T z, T r, T h) {
+  return {grad_z * z * (T(1) - z), grad_reset_h * h * r * (T(1) - r), grad_reset_h * r};
+}
+
+// Gradients of one element of the blend: d/dS_h (= d/d(pre-tanh)), d/dz and d/dh.
+template <typename T>
+struct BlendGrad {
+  T state_h, z, h;
+};
+
+template <typename T>
+C10_HOST_DEVICE inline BlendGrad<T> blend_grad(T grad, T candidate, T z, T h) {
+  return {grad * z * (T(1) - candidate * candidate), grad * (candidate - h), grad * (T(1) - z)};
+}
+
+// Sizes of a call, from the checked arguments.
+struct GroupShape {
+  int64_t pairs; // R
+  int64_t nodes; // K
+  int64_t dim; // D
+  bool state_broadcast; // S has one row per pair, not per node
+  bool h_broadcast; // h has one row per pair, not per node
+};
+
+GroupShape check_ggnn_gates_args(
+    const at::Tensor& state_zr,
+    const at::Tensor& message_zr,
+    const c10::optional<at::Tensor>& scale,
+    const at::Tensor& h,
+    int64_t num_nodes);
+
+GroupShape check_ggnn_blend_args(
+    const at::Tensor& state_h,
+    const at::Tensor& message_h,
+    const c10::optional<at::Tensor>& scale,
+    const at::Tensor& z,
+    const at::Tensor& h);
+
+GroupShape check_ggnn_gates_backward_args(
+    const at::Tensor& grad_z,
+    const at::Tensor& grad_reset_h,
+    const at::Tensor& z,
+    const at::Tensor& reset,
+    const at::Tensor& message_zr,
+    const c10::optional<at::Tensor>& scale,
+    const at::Tensor& h,
+    bool state_broadcast);
+
+GroupShape check_ggnn_blend_backward_args(
+    const at::Tensor& grad,
+    const at::Tensor& candidate,
+    const at::Tensor& z,
+    const at::Tensor& message_h,
+    const c10::optional<at::Tensor>& scale,
+    const at::Tensor& h);
+
+// Checks that every gradient-side tensor has its expected shape (the forward's shapes).
+void check_same_shape(const char* op, const char* name, const at::Tensor& tensor, at::IntArrayRef expected);
+
+} // namespace detail
+} // namespace kern_d2
