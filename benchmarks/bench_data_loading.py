@@ -26,7 +26,6 @@ import time
 
 import cv2
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from detectron2.config import get_cfg
@@ -40,9 +39,9 @@ from kern_d2.config import add_kern_config
 from kern_d2.data import SGGDatasetMapper, load_vg_sgg
 from kern_d2.data.toy import generate_toy_dataset
 
-# Images/s per GPU of the KERN SGDet training step (bench_train_step.py on the H100, bf16, batch 8): to be filled
-# in from a measured run; until then pass --step-images-per-s.
-TRAIN_STEP_IMAGES_PER_S = None
+# Images/s per GPU of the KERN SGDet training step: bench_train_step.py on the H100 (nvidia-h100-x1), bf16, batch 8,
+# 2026-11-25 (BENCHMARKS.md, target 4).
+TRAIN_STEP_IMAGES_PER_S = 48.4
 VG_NUM_CLASSES, VG_NUM_PREDICATES = 150, 51
 
 
@@ -53,7 +52,8 @@ def parse_args(argv=None):
     parser.add_argument("--tiny", action="store_true", help="few images and workers (quick check)")
     parser.add_argument("--workers", help="DataLoader worker counts to time, 0 = in this process "
                                           "(default 0,1,2,4; 0,1 with --tiny)")
-    parser.add_argument("--toy-images", type=int, help="toy images to generate (default 200; 24 with --tiny)")
+    parser.add_argument("--toy-images", type=int,
+                        help="toy images to generate, 0 = skip (default 200; 24 with --tiny)")
     parser.add_argument("--vg-images", type=int, help="VG-sized JPEGs to write, 0 = skip (default 200; 16 with --tiny)")
     parser.add_argument("--passes", type=int, help="passes over the images per measurement (default 2; 1 with --tiny)")
     parser.add_argument("--step-images-per-s", type=float, default=TRAIN_STEP_IMAGES_PER_S,
@@ -68,6 +68,8 @@ def parse_args(argv=None):
         parser.error("--workers: give non-negative worker counts")
     args.toy_images = args.toy_images if args.toy_images is not None else (24 if args.tiny else 200)
     args.vg_images = args.vg_images if args.vg_images is not None else (16 if args.tiny else 200)
+    if not args.toy_images and not args.vg_images:
+        parser.error("--toy-images 0 and --vg-images 0: nothing to time")
     args.passes = args.passes if args.passes is not None else (1 if args.tiny else 2)
     return args
 
@@ -203,19 +205,21 @@ def main(argv=None):
              "not given (pass --step-images-per-s, or fill in TRAIN_STEP_IMAGES_PER_S)"))
     with tempfile.TemporaryDirectory(prefix="kern_bench_data_") as tmp:
         workdir = args.workdir or tmp
-        rows = []
-        toy_cfg = load_config("configs/toy/Base-Toy-KERN.yaml")
-        toy = toy_dataset(os.path.join(workdir, "toy"), args.toy_images, args.seed)
-        print(f"toy: {len(toy)} images, mean JPEG {mean_file_kb(toy):.0f} KB; resize {toy_cfg.INPUT.MIN_SIZE_TRAIN}/"
-              f"{toy_cfg.INPUT.MAX_SIZE_TRAIN}; DATALOADER.NUM_WORKERS {toy_cfg.DATALOADER.NUM_WORKERS}")
-        rows += bench_dataset("toy", toy, toy_cfg, args)
+        cases = []  # (name, config file, what the images are, dataset dicts maker)
+        if args.toy_images:
+            cases.append(("toy", "configs/toy/Base-Toy-KERN.yaml", "toy images",
+                          lambda: toy_dataset(os.path.join(workdir, "toy"), args.toy_images, args.seed)))
         if args.vg_images:
-            vg_cfg = load_config("configs/Base-KERN.yaml")
-            vg = vg_sized_dataset(os.path.join(workdir, "vg_sized"), args.vg_images, args.seed)
-            print(f"vg-sized: {len(vg)} images 800x600 / 600x800, mean JPEG {mean_file_kb(vg):.0f} KB; resize "
-                  f"{vg_cfg.INPUT.MIN_SIZE_TRAIN}/{vg_cfg.INPUT.MAX_SIZE_TRAIN}; "
-                  f"DATALOADER.NUM_WORKERS {vg_cfg.DATALOADER.NUM_WORKERS}")
-            rows += bench_dataset("vg-sized", vg, vg_cfg, args)
+            cases.append(("vg-sized", "configs/Base-KERN.yaml", "images 800x600 / 600x800",
+                          lambda: vg_sized_dataset(os.path.join(workdir, "vg_sized"), args.vg_images, args.seed)))
+        rows = []
+        for name, config_file, what, make_dicts in cases:
+            cfg = load_config(config_file)
+            dicts = make_dicts()
+            print(f"{name}: {len(dicts)} {what}, mean JPEG {mean_file_kb(dicts):.0f} KB; resize "
+                  f"{cfg.INPUT.MIN_SIZE_TRAIN}/{cfg.INPUT.MAX_SIZE_TRAIN}; "
+                  f"DATALOADER.NUM_WORKERS {cfg.DATALOADER.NUM_WORKERS}")
+            rows += bench_dataset(name, dicts, cfg, args)
     print()
     print(format_table(["case", "ms/image", "images/s", "images/s/worker", "workers needed", "target met?"], rows))
     print("target: the configured DATALOADER.NUM_WORKERS workers deliver the step's images/s (in-process rows: "

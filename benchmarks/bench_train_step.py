@@ -25,6 +25,7 @@ from detectron2.utils.events import EventStorage
 
 from common import (
     Sizes,
+    add_run_arguments,
     autocast,
     build_detector,
     build_kern_model,
@@ -39,8 +40,7 @@ from common import (
     measure,
     profile_top_ops,
     release,
-    resolve_device,
-    set_cpu_threads,
+    resolve_run_arguments,
     synthetic_batch,
     targets_met,
     trainable_parameters,
@@ -54,18 +54,9 @@ TITLES = {"detector": "detector (Faster R-CNN R50-FPN)", "sgdet": "KERN SGDet", 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    parser.add_argument("--tiny", action="store_true", help="small images, widths and budgets (CPU check)")
-    parser.add_argument("--images", type=int, help="batch size (default 8; 2 with --tiny)")
+    add_run_arguments(parser, "steps", "small images, widths and budgets (CPU check)")
     parser.add_argument("--modes", default="sgdet,sgcls,predcls", help="KERN modes to time (comma-separated)")
-    parser.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16", help="autocast dtype")
-    parser.add_argument("--warmup", type=int,
-                        help="untimed steps first, the checked first step included (default 3; 1 with --tiny)")
-    parser.add_argument("--repeats", type=int, help="timed steps (default 10; 2 with --tiny)")
     parser.add_argument("--lr", type=float, default=1e-4, help="SGD learning rate (small: random weights)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int,
-                        help="CPU intra-op threads (default: 1 with --tiny on CPU, else torch's)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top 15 ops of each KERN step")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides (KEY VALUE ...) applied to every model, e.g. "
@@ -75,8 +66,6 @@ def parse_args(argv=None):
     unknown = sorted(set(args.modes) - {"sgdet", "sgcls", "predcls"})
     if unknown:
         parser.error(f"--modes: unknown {unknown}; choose from sgdet, sgcls, predcls")
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 3)
-    args.repeats = args.repeats if args.repeats is not None else (2 if args.tiny else 10)
     return args
 
 
@@ -149,8 +138,7 @@ def run_case(name, args, device, sizes, batch):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    set_cpu_threads(device, args.tiny, args.threads)
+    device = resolve_run_arguments(args)
     sizes = Sizes.create(args.tiny, args.images)
     cfg = kern_config("sgdet", device, args.tiny, args.opts)
     num_classes, num_predicates = cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.ROI_RELATION_HEAD.NUM_PREDICATES

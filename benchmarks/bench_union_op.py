@@ -8,24 +8,27 @@
 Forward and forward+backward (gradient w.r.t. the FPN features) of both, in fp32 and bf16. torchvision has no
 bf16 CUDA roi_align kernel, so in bf16 the composite casts the features to fp32, pools, and casts the result back;
 the fused path runs in bf16 with fp32 accumulation. Reports the median of --repeats timed runs after --warmup
-runs, the peak extra memory of one forward+backward, and the largest differences between the two paths.
+runs (benchmarks/common.py: synchronised around each), the peak extra memory of a forward+backward (the CUDA
+allocator's peak above the memory in use before the calls), the largest differences between the two paths, and
+target (1): composite / fused >= 2x forward+backward with the fp32 outputs within 1e-5.
 
     python benchmarks/bench_union_op.py                 # CUDA if available, else a smaller CPU run
     python benchmarks/bench_union_op.py --pairs 8192 --repeats 50
 """
 import argparse
 import math
-import statistics
-import time
 
 import torch
 
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes
 
+from common import environment_header, format_table, measure, resolve_device, targets_met
 from kern_d2.layers import PairUnionPooler, box_pair_masks, box_pair_masks_reference, union_boxes
 
 STRIDES = (4, 8, 16, 32)  # p2..p5
+MIN_RATIO = 2.0  # composite / fused, forward+backward
+MAX_ERROR = 1e-5  # max |fused - composite| of the pooled output in fp32
 
 
 def parse_args():
@@ -45,9 +48,8 @@ def parse_args():
     parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated subset of fp32,bf16")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    cuda = args.device == "cuda"
+    args.device = resolve_device(args.device)
+    cuda = args.device.type == "cuda"
     defaults = dict(images=(8, 2), height=(600, 300), width=(1000, 500), channels=(256, 32), pairs=(4096, 512),
                     repeats=(20, 5))
     for name, (on_cuda, on_cpu) in defaults.items():
@@ -110,14 +112,13 @@ class Paths:
         return pooled, box_pair_masks_reference(self.all_boxes, self.all_pairs, self.mask_size)
 
 
-def synchronize(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
+def clear_grads(features):
+    for x in features:
+        x.grad = None
 
 
 def run_once(path, features, grad_out, backward):
-    for x in features:
-        x.grad = None
+    clear_grads(features)
     pooled, masks = path(features)
     if backward:
         pooled.backward(grad_out)
@@ -125,33 +126,13 @@ def run_once(path, features, grad_out, backward):
 
 
 def time_path(path, features, grad_out, backward, args):
-    """Median milliseconds of one call (forward, or forward+backward)."""
-    for _ in range(args.warmup):
+    """Measurement (median ms, peak above the memory in use before) of one call: forward, or forward+backward.
+    The gradients are dropped after each call, so that the peak counts the ones the call allocates."""
+    def call():
         run_once(path, features, grad_out, backward)
-    times = []
-    for _ in range(args.repeats):
-        synchronize(args.device)
-        start = time.perf_counter()
-        run_once(path, features, grad_out, backward)
-        synchronize(args.device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        clear_grads(features)
 
-
-def peak_memory_mib(path, features, grad_out, args):
-    """Extra memory allocated at the peak of one forward+backward (CUDA only)."""
-    if args.device != "cuda":
-        return float("nan")
-    for x in features:
-        x.grad = None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    baseline = torch.cuda.memory_allocated()
-    result = run_once(path, features, grad_out, backward=True)
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - baseline
-    del result
-    return peak / 2**20
+    return measure(call, args.device, args.warmup, args.repeats)
 
 
 def bench_dtype(dtype, paths, features, args):
@@ -161,15 +142,14 @@ def bench_dtype(dtype, paths, features, args):
         num_pairs, features[0].shape[1], args.output_size, args.output_size,
         generator=torch.Generator().manual_seed(args.seed + 1),
     ).to(args.device, dtype)
-    rows, results = [], {}
+    rows, results = {}, {}
     for name in ("fused", "composite"):
         path = getattr(paths, name)
-        forward_ms = time_path(path, features, grad_out, False, args)
-        total_ms = time_path(path, features, grad_out, True, args)
-        memory = peak_memory_mib(path, features, grad_out, args)
+        forward = time_path(path, features, grad_out, False, args)
+        total = time_path(path, features, grad_out, True, args)
         pooled, masks = run_once(path, features, grad_out, backward=True)
         results[name] = (pooled.detach().float(), masks, [x.grad.float() for x in features])
-        rows.append((name, forward_ms, total_ms, memory))
+        rows[name] = (forward.median_ms, total.median_ms, total.extra_bytes)
     (out_a, masks_a, grads_a), (out_b, masks_b, grads_b) = results["fused"], results["composite"]
     errors = dict(
         out=(out_a - out_b).abs().max().item() if out_a.numel() else 0.0,
@@ -179,40 +159,49 @@ def bench_dtype(dtype, paths, features, args):
     return rows, errors
 
 
+def mib(value) -> str:
+    return "n/a" if value is None else f"{value / 2**20:.1f}"
+
+
 def main():
     args = parse_args()
-    if args.device == "cpu":
-        print("CPU run (no CUDA device): smaller default sizes; timings are not comparable to GPU numbers.")
-    else:
-        print(f"CUDA run on {torch.cuda.get_device_name()}")
+    title = "Fused pair-union ops (PairUnionPooler + box_pair_masks) vs the composite they replace"
+    print(environment_header(title, args.device))
+    if args.device.type == "cpu":
+        print("CPU run: smaller default sizes; timings are not comparable to GPU numbers.")
     print(
         f"{args.images} images {args.height}x{args.width}, FPN p2-p5 with {args.channels} channels, "
         f"{args.boxes_per_image} boxes/image, {args.pairs} pairs, output {args.output_size}x{args.output_size}, "
         f"masks {args.mask_size}x{args.mask_size}, sampling_ratio {args.sampling_ratio}; "
-        f"median of {args.repeats} runs after {args.warmup} warm-up runs"
+        f"median of {args.repeats} runs after {args.warmup} warm-up runs; peak: the allocator's peak of a "
+        "forward+backward above the memory in use before it (CUDA only)"
     )
     features, boxes, pair_idxs = make_inputs(args)
     boxes = [b.to(args.device) for b in boxes]
     pair_idxs = [p.to(args.device) for p in pair_idxs]
     paths = Paths(args, boxes, pair_idxs)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    header = f"{'dtype':<6}{'path':<11}{'forward ms':>12}{'fwd+bwd ms':>12}{'peak MiB':>10}"
-    print(header)
-    print("-" * len(header))
-    summary = []
+    table, summary, checks = [], [], []
     for key in args.dtypes.split(","):
         rows, errors = bench_dtype(dtypes[key], paths, features, args)
-        for name, forward_ms, total_ms, memory in rows:
-            print(f"{key:<6}{name:<11}{forward_ms:>12.3f}{total_ms:>12.3f}{memory:>10.1f}")
-        (_, fused_fwd, fused_total, _), (_, comp_fwd, comp_total, _) = rows
+        for name, (forward_ms, total_ms, extra) in rows.items():
+            table.append([key, name, f"{forward_ms:.3f}", f"{total_ms:.3f}", mib(extra)])
+        (fused_fwd, fused_total, _), (comp_fwd, comp_total, _) = rows["fused"], rows["composite"]
         summary.append(
             f"{key}: composite / fused = {comp_fwd / fused_fwd:.2f}x forward, {comp_total / fused_total:.2f}x "
             f"forward+backward; max |fused - composite| = {errors['out']:.3g} (output), {errors['grad']:.3g} "
             f"(feature grads); masks identical: {errors['masks_equal']}"
         )
+        checks.append((f"{key} fwd+bwd < {MIN_RATIO:g}x", comp_total / fused_total >= MIN_RATIO))
+        if key == "fp32":
+            checks.append((f"fp32 output err > {MAX_ERROR:g}", errors["out"] <= MAX_ERROR))
+            checks.append(("masks differ", errors["masks_equal"]))
+    print(format_table(["dtype", "path", "forward ms", "fwd+bwd ms", "peak MiB"], table))
     if "bf16" in args.dtypes:
         summary.append("bf16 composite: features cast to fp32 for torchvision's roi_align, result cast back to bf16")
     print("\n".join(summary))
+    print(f"target (1): composite / fused forward+backward >= {MIN_RATIO:g}x, fp32 max output error <= {MAX_ERROR:g}, "
+          f"identical masks: {targets_met(checks)}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""Shared parts of the model-level benchmarks (bench_train_step, bench_sgdet_inference, bench_data_loading).
+"""Shared parts of the benchmarks (bench_union_op, bench_routing, bench_train_step, bench_sgdet_inference,
+bench_data_loading).
 
-- environment: device choice, synchronisation, autocast, a header with device / torch / detectron2 / date;
+- environment: device choice, synchronisation, autocast, a header with device / torch / detectron2 / date, the
+  command-line options every model-level benchmark has;
 - timing: median of timed repeats after warm-up, each synchronised; the CUDA allocator's peak over the timed
-  repeats; torch.profiler's top ops of a few calls;
+  repeats (absolute, and above the memory in use when they start); torch.profiler's top ops of a few calls;
 - tables: a plain fixed-width table and the "target met?" cell;
 - VG-sized models and inputs: a KERN ``SceneGraphRCNN`` (R50-FPN from configs/Base-KERN.yaml, 150 classes,
   51 predicates, random weights, random priors) and the matching Detectron2 Faster R-CNN, and batches of
@@ -10,6 +12,7 @@
 
 Scripts import it as ``common`` (their own folder is on ``sys.path`` when they are run as files).
 """
+import argparse
 import contextlib
 import datetime
 import gc
@@ -65,6 +68,30 @@ def set_cpu_threads(device: torch.device, tiny: bool, threads) -> None:
         torch.set_num_threads(threads)
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, unit: str, tiny_help: str) -> None:
+    """The options of every model-level benchmark: --device, --tiny, --images, --amp, --warmup, --repeats (counted in
+    ``unit``, e.g. "steps"), --seed, --threads; resolve the defaults with :func:`resolve_run_arguments`."""
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--tiny", action="store_true", help=tiny_help)
+    parser.add_argument("--images", type=int, help="batch size (default 8; 2 with --tiny)")
+    parser.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16", help="autocast dtype")
+    parser.add_argument("--warmup", type=int,
+                        help=f"untimed {unit} first, the checked first one included (default 3; 1 with --tiny)")
+    parser.add_argument("--repeats", type=int, help=f"timed {unit} (default 10; 2 with --tiny)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int,
+                        help="CPU intra-op threads (default: 1 with --tiny on CPU, else torch's)")
+
+
+def resolve_run_arguments(args: argparse.Namespace) -> torch.device:
+    """Fill in --warmup / --repeats defaults, set the CPU threads; returns the device of --device."""
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 3)
+    args.repeats = args.repeats if args.repeats is not None else (2 if args.tiny else 10)
+    device = resolve_device(args.device)
+    set_cpu_threads(device, args.tiny, args.threads)
+    return device
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -101,10 +128,12 @@ def autocast(device: torch.device, amp: str):
 # ---------------------------------------------------------------------------------------------- timing
 @dataclass
 class Measurement:
-    """Times of the timed repeats (ms) and the allocator's peak over them (bytes; None off CUDA)."""
+    """Times of the timed repeats (ms), the allocator's peak over them and the memory allocated when they started
+    (bytes; None off CUDA)."""
 
     times_ms: List[float] = field(default_factory=list)
     peak_bytes: Optional[int] = None
+    base_bytes: Optional[int] = None
 
     @property
     def median_ms(self) -> float:
@@ -114,12 +143,22 @@ class Measurement:
     def peak_gb(self) -> Optional[float]:
         return None if self.peak_bytes is None else self.peak_bytes / GB
 
+    @property
+    def extra_bytes(self) -> Optional[int]:
+        """The calls' own peak: the peak above what was allocated before them (weights, inputs, ...)."""
+        return None if self.peak_bytes is None else self.peak_bytes - self.base_bytes
+
+    @property
+    def extra_gb(self) -> Optional[float]:
+        return None if self.peak_bytes is None else self.extra_bytes / GB
+
 
 def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Measurement:
     """Run ``fn`` ``warmup`` times, then ``repeats`` timed times, synchronising around each timed call.
 
     The peak is ``torch.cuda.max_memory_allocated`` over the timed calls, reset after the warm-up: it counts
-    everything allocated at that moment (weights, optimizer state, inputs, activations), not just the call's own.
+    everything allocated at that moment (weights, optimizer state, inputs, activations); ``extra_bytes`` is the
+    calls' own part (above what was allocated when the timed calls started).
     """
     if repeats < 1:
         raise ValueError(f"measure: repeats must be >= 1, got {repeats}")
@@ -129,6 +168,8 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     result = Measurement()
+    if device.type == "cuda":
+        result.base_bytes = torch.cuda.memory_allocated(device)
     for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()

@@ -1,7 +1,30 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), from the project root, with .whl carried (../shared/tools/device-wheels.sh):
-#   bash benchmarks/run_gpu_checks.sh [tests|bench|step|all]...
-# Builds kern_d2._C with CUDA, runs the CUDA op tests, the GPU benchmarks, and bf16 KERN training steps on toy data.
+#   bash benchmarks/run_gpu_checks.sh TARGET...      (no TARGET: all)
+# Builds kern_d2._C with CUDA, then runs the targets in the order given. Each benchmark target shows its output and
+# keeps it in "$OUT/<target>.txt" with its wall time in the last line.
+#
+# The machine starts fresh for each device call (nothing kept: the build below runs every time) and a call has at
+# most 600 s, so group targets by the estimates (H100; from the sizes and the timings of the 2026-11-25 runs):
+#   setup            wheels + CUDA build of kern_d2._C (3 .cu, 4 .cpp)                                 ~1.5 min
+#   tests            CUDA op, gate kernel and routing tests                                            ~1 min
+#   union            bench_union_op.py: 2 dtypes x 2 paths x (fwd, fwd+bwd) x 23 calls                 ~40 s
+#   routing          bench_routing.py, gates fused + eager, no torch.compile; the object
+#                    routing's per-object loop (2.5 s a call) 4 calls                                  ~45 s
+#   routing-compile  bench_routing.py --compile, gates fused + compile: inductor builds of the
+#                    object routing, the gate functions and the whole relation module (fp32
+#                    error checks, bf16 3a, bf16 3b, then again with CUDA graphs)                      ~4-5 min
+#   step             bench_train_step.py: detector + KERN SGDet/SGCls/PredCls, 4 model builds,
+#                    13 steps each                                                                     ~2 min
+#   infer            bench_sgdet_inference.py: Detectron2-default detector (0.7 s a batch),
+#                    reference detector, KERN x 4 settings, 13 calls each                              ~1.7 min
+#   loading          bench_data_loading.py: 300 VG-sized JPEGs, 2 passes, workers 0,1,2,4,8            ~40 s
+#   toy              3 toy KERN trainings (PredCls/SGCls/SGDet), 5 bf16 steps each                     ~2.5 min
+#   profile          routing (relation, fused gate) + step + infer (chunk 4096) with --profile         ~4 min
+# e.g. `union routing step infer loading` ~6 min + setup (within one call); `routing-compile` alone; `tests toy`;
+# `profile` alone. `all` runs every target (~19 min: more than one call allows).
+# Environment: STEP_IMAGES_PER_S (loading: images/s per GPU the training step consumes; default 48, the KERN SGDet
+# step on the H100), OUT (output folder; default /tmp/out).
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
@@ -10,23 +33,64 @@ if ! python3 -c "import kern_d2._C as C; assert C.with_cuda" 2>/dev/null; then
   python3 setup.py -q build_ext --inplace 2>&1 | grep -iE "error|fatal" | head -20  # no network there: no pip build env
 fi
 python3 -c "import torch, kern_d2._C as C; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'kern_d2._C with_cuda', C.with_cuda)"
+echo "setup: ${SECONDS} s"
 out=${OUT:-/tmp/out}; mkdir -p "$out"
+step_images_per_s=${STEP_IMAGES_PER_S:-48}
+targets="tests union routing routing-compile step infer loading toy profile"
+
+# run TARGET COMMAND...: show COMMAND's output (stdout and stderr) and append it to $out/TARGET.txt, with its time
+run() {
+  local target=$1 start=$SECONDS; shift
+  echo "### $target: $*" | tee -a "$out/$target.txt"
+  "$@" 2>&1 | tee -a "$out/$target.txt"
+  echo "### $target: $((SECONDS - start)) s" | tee -a "$out/$target.txt"
+}
+
+toy_training() {
+  export KERN_DATASETS=/tmp/kern_datasets
+  python3 tools/make_toy_dataset.py --output $KERN_DATASETS/toy > /dev/null
+  python3 tools/compute_priors.py --dataset toy_train --output /tmp/toy_priors.npz > /dev/null
+  for task in predcls sgcls sgdet; do
+    echo "toy $task:"
+    python3 tools/train_net.py --config-file configs/toy/kern_$task.yaml MODEL.DEVICE cuda MODEL.WEIGHTS "" \
+      MODEL.ROI_RELATION_HEAD.PRIORS_FILE /tmp/toy_priors.npz SOLVER.AMP.ENABLED True SOLVER.AMP.PRECISION bfloat16 \
+      SOLVER.IMS_PER_BATCH 8 SOLVER.MAX_ITER 5 DATALOADER.NUM_WORKERS 2 OUTPUT_DIR /tmp/step_$task 2>&1 \
+      | grep -E "iter: |copypaste|Error|error|Traceback" | tail -6
+  done
+}
+
+selected=()
 for what in "${@:-all}"; do
-  case $what in
-    tests|all)
-      python3 -m pytest -q -p no:cacheprovider tests/test_box_pair_masks.py tests/test_pair_union_roi_align.py \
-        tests/test_pair_union_pooler.py tests/test_object_routing.py tests/test_relation_routing.py 2>&1 | tail -15 ;;&
-    bench|all)
-      python3 benchmarks/bench_union_op.py 2>&1 | tee "$out/bench_union_op.txt" ;;&
-    step|all)
-      export KERN_DATASETS=/tmp/kern_datasets
-      python3 tools/make_toy_dataset.py --output $KERN_DATASETS/toy > /dev/null
-      python3 tools/compute_priors.py --dataset toy_train --output /tmp/toy_priors.npz > /dev/null
-      for task in predcls sgcls sgdet; do
-        python3 tools/train_net.py --config-file configs/toy/kern_$task.yaml MODEL.DEVICE cuda MODEL.WEIGHTS "" \
-          MODEL.ROI_RELATION_HEAD.PRIORS_FILE /tmp/toy_priors.npz SOLVER.AMP.ENABLED True SOLVER.AMP.PRECISION bfloat16 \
-          SOLVER.IMS_PER_BATCH 8 SOLVER.MAX_ITER 5 DATALOADER.NUM_WORKERS 2 OUTPUT_DIR /tmp/step_$task 2>&1 \
-          | grep -E "iter: |copypaste|Error|error|Traceback" | tail -6
-      done ;;
+  if [ "$what" = all ]; then selected+=($targets); else selected+=("$what"); fi
+done
+for target in "${selected[@]}"; do
+  rm -f "$out/$target.txt"
+  case $target in
+    tests)
+      run tests python3 -m pytest -q -p no:cacheprovider tests/test_box_pair_masks.py \
+        tests/test_pair_union_roi_align.py tests/test_pair_union_pooler.py tests/test_ggnn_gates.py \
+        tests/test_object_routing.py tests/test_relation_routing.py ;;
+    union)
+      run union python3 benchmarks/bench_union_op.py ;;
+    routing)
+      run routing python3 benchmarks/bench_routing.py --gates fused,eager --literal-repeats 3 ;;
+    routing-compile)
+      run routing-compile python3 benchmarks/bench_routing.py --compile --gates fused,compile --literal-repeats 2 ;;
+    step)
+      run step python3 benchmarks/bench_train_step.py --device cuda ;;
+    infer)
+      run infer python3 benchmarks/bench_sgdet_inference.py --device cuda ;;
+    loading)
+      run loading python3 benchmarks/bench_data_loading.py --toy-images 0 --vg-images 300 --passes 2 \
+        --workers 0,1,2,4,8 --step-images-per-s "$step_images_per_s" ;;
+    toy)
+      run toy toy_training ;;
+    profile)
+      run profile python3 benchmarks/bench_routing.py --only relation --gates fused --repeats 10 --profile
+      run profile python3 benchmarks/bench_train_step.py --device cuda --repeats 5 --profile
+      run profile python3 benchmarks/bench_sgdet_inference.py --device cuda --chunks 4096 --overlap off --repeats 5 \
+        --no-d2-default --profile ;;
+    *)
+      echo "unknown target '$target': choose from $targets all" ;;
   esac
 done

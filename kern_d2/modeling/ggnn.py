@@ -14,6 +14,8 @@ in ``gate_bias`` so that the ``W a`` terms stay linear in ``a``: the relation ro
 per-pair term by a per-node weight instead of multiplying every node's message.
 
 The elementwise arithmetic around the matmuls (``gate_impl``) runs as
+- "auto" (default): "fused" on CUDA tensors, "eager" on CPU ones (ATen's vectorised CPU ops beat the fused CPU
+  kernel, which is kept as the reference implementation of the CUDA one);
 - "fused": the kernels of :mod:`kern_d2.layers.ggnn_gates` (kern_d2._C, CPU and CUDA) where a message term is shared
   by a group of nodes (the relation routing), the PyTorch form elsewhere (per-node messages: the object routing);
 - "eager": plain PyTorch ops;
@@ -29,7 +31,7 @@ from kern_d2.layers.ggnn_gates import ggnn_blend, ggnn_gates
 
 __all__ = ["GATE_IMPLS", "GatedGraphUpdate", "update_and_reset_gates", "blend_candidate"]
 
-GATE_IMPLS = ("fused", "eager", "compile")
+GATE_IMPLS = ("auto", "fused", "eager", "compile")
 
 
 def _with_message(state: torch.Tensor, message: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
@@ -81,7 +83,7 @@ class GatedGraphUpdate(nn.Module):
         gate_impl: how the elementwise gate arithmetic runs, one of :data:`GATE_IMPLS` (see the module docstring).
     """
 
-    def __init__(self, hidden_dim: int, message_dim: int, released_code_gate: bool = False, gate_impl: str = "fused"):
+    def __init__(self, hidden_dim: int, message_dim: int, released_code_gate: bool = False, gate_impl: str = "auto"):
         super().__init__()
         self.hidden_dim = hidden_dim
         self.message_dim = message_dim
@@ -127,7 +129,8 @@ class GatedGraphUpdate(nn.Module):
         """
         d = self.hidden_dim
         state_zr = F.linear(h, self.state_gate_weight(), self.gate_bias)
-        if self.gate_impl == "fused" and _shared_message(h, message_terms):
+        fused = self.gate_impl == "fused" or (self.gate_impl == "auto" and h.is_cuda)
+        if fused and _shared_message(h, message_terms):
             message = message_terms[:, 0]  # [R, 3D]
             node_scale = None if scale is None else scale[..., 0]  # [R, K]
             num_nodes = h.shape[1] if node_scale is None else max(h.shape[1], node_scale.shape[1])

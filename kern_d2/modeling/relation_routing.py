@@ -39,7 +39,7 @@ class RelationRouting(nn.Module):
         output_dim: size of each node's output o = ReLU(W_o [h_T ; h_0]).
         num_steps: T, the number of propagation steps.
         released_code_gate: reuse U_z in the reset gate, as KERN's released code does.
-        gate_impl: how the GGNN's elementwise gate arithmetic runs ("fused", "eager" or "compile"; see
+        gate_impl: how the GGNN's elementwise gate arithmetic runs ("auto", "fused", "eager" or "compile"; see
             :mod:`kern_d2.modeling.ggnn`).
     """
 
@@ -52,7 +52,7 @@ class RelationRouting(nn.Module):
         output_dim: int = 512,
         num_steps: int = 3,
         released_code_gate: bool = False,
-        gate_impl: str = "fused",
+        gate_impl: str = "auto",
     ):
         super().__init__()
         self.num_predicates = num_predicates
