@@ -2,6 +2,7 @@
 // cuda/; autograd and fake kernels are registered from Python in kern_d2/layers/ggnn_gates.py).
 #include "ggnn_gates.h"
 
+#include <ATen/ATen.h>
 #include <torch/library.h>
 
 namespace kern_d2 {
@@ -149,6 +150,43 @@ GroupShape check_ggnn_blend_backward_args(
   check_tensor("_ggnn_blend_backward", "grad_h_new", grad, candidate, 3);
   check_same_shape("_ggnn_blend_backward", "grad_h_new", grad, candidate.sizes());
   return shape;
+}
+
+namespace {
+
+at::Tensor empty_scale_like(const c10::optional<at::Tensor>& scale, const at::Tensor& like) {
+  return scale.has_value() ? at::empty_like(*scale) : at::empty({0}, like.options());
+}
+
+} // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_gates_outputs(const GroupShape& g, const at::Tensor& h, bool save_reset) {
+  auto z = at::empty({g.pairs, g.nodes, g.dim}, h.options());
+  return {z, at::empty_like(z), save_reset ? at::empty_like(z) : at::empty({0}, h.options())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_gates_grads(
+    const GroupShape& g, const at::Tensor& message_zr, const c10::optional<at::Tensor>& scale, const at::Tensor& h) {
+  return {
+      at::empty({g.pairs, g.state_broadcast ? 1 : g.nodes, 2 * g.dim}, h.options()),
+      at::empty_like(message_zr),
+      empty_scale_like(scale, h),
+      at::empty_like(h)};
+}
+
+std::tuple<at::Tensor, at::Tensor> empty_blend_outputs(const at::Tensor& state_h, bool save_candidate) {
+  return {at::empty_like(state_h), save_candidate ? at::empty_like(state_h) : at::empty({0}, state_h.options())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_blend_grads(
+    const at::Tensor& candidate,
+    const at::Tensor& message_h,
+    const c10::optional<at::Tensor>& scale,
+    const at::Tensor& z,
+    const at::Tensor& h) {
+  return {
+      at::empty_like(candidate), at::empty_like(message_h), empty_scale_like(scale, h), at::empty_like(z),
+      at::empty_like(h)};
 }
 
 void check_same_shape(const char* op, const char* name, const at::Tensor& tensor, at::IntArrayRef expected) {

@@ -106,6 +106,19 @@ GroupShape check_ggnn_blend_backward_args(
     const c10::optional<at::Tensor>& scale,
     const at::Tensor& h);
 
+// Uninitialised outputs of the ops, shared by the CPU and CUDA kernels. Unsaved tensors (save_reset/save_candidate
+// false) and the scale gradient without a scale are empty [0].
+std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_gates_outputs(const GroupShape& g, const at::Tensor& h, bool save_reset);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_gates_grads(
+    const GroupShape& g, const at::Tensor& message_zr, const c10::optional<at::Tensor>& scale, const at::Tensor& h);
+std::tuple<at::Tensor, at::Tensor> empty_blend_outputs(const at::Tensor& state_h, bool save_candidate);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_blend_grads(
+    const at::Tensor& candidate,
+    const at::Tensor& message_h,
+    const c10::optional<at::Tensor>& scale,
+    const at::Tensor& z,
+    const at::Tensor& h);
+
 // Checks that every gradient-side tensor has its expected shape (the forward's shapes).
 void check_same_shape(const char* op, const char* name, const at::Tensor& tensor, at::IntArrayRef expected);
 

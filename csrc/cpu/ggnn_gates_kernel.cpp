@@ -34,9 +34,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ggnn_gates_cpu(
     int64_t num_nodes,
     bool save_reset) {
   const GroupShape g = detail::check_ggnn_gates_args(state_zr, message_zr, scale, h, num_nodes);
-  auto z = at::empty({g.pairs, g.nodes, g.dim}, h.options());
-  auto reset_h = at::empty_like(z);
-  auto reset = save_reset ? at::empty_like(z) : at::empty({0}, h.options());
+  at::Tensor z, reset_h, reset;
+  std::tie(z, reset_h, reset) = detail::empty_gates_outputs(g, h, save_reset);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "ggnn_gates_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* state = state_zr.data_ptr<scalar_t>();
@@ -80,10 +79,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ggnn_gates_backward_c
     bool state_broadcast) {
   const GroupShape g =
       detail::check_ggnn_gates_backward_args(grad_z, grad_reset_h, z, reset, message_zr, scale, h, state_broadcast);
-  auto grad_state = at::empty({g.pairs, g.state_broadcast ? 1 : g.nodes, 2 * g.dim}, h.options());
-  auto grad_message = at::empty_like(message_zr);
-  auto grad_scale = scale.has_value() ? at::empty_like(*scale) : at::empty({0}, h.options());
-  auto grad_h = at::empty_like(h);
+  at::Tensor grad_state, grad_message, grad_scale, grad_h;
+  std::tie(grad_state, grad_message, grad_scale, grad_h) = detail::empty_gates_grads(g, message_zr, scale, h);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "ggnn_gates_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gz = grad_z.data_ptr<scalar_t>();
@@ -150,8 +147,8 @@ std::tuple<at::Tensor, at::Tensor> ggnn_blend_cpu(
     const at::Tensor& h,
     bool save_candidate) {
   const GroupShape g = detail::check_ggnn_blend_args(state_h, message_h, scale, z, h);
-  auto h_new = at::empty_like(state_h);
-  auto candidate = save_candidate ? at::empty_like(state_h) : at::empty({0}, h.options());
+  at::Tensor h_new, candidate;
+  std::tie(h_new, candidate) = detail::empty_blend_outputs(state_h, save_candidate);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "ggnn_blend_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* state = state_h.data_ptr<scalar_t>();
@@ -191,11 +188,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ggnn_blen
     const c10::optional<at::Tensor>& scale,
     const at::Tensor& h) {
   const GroupShape g = detail::check_ggnn_blend_backward_args(grad, candidate, z, message_h, scale, h);
-  auto grad_state = at::empty_like(candidate);
-  auto grad_message = at::empty_like(message_h);
-  auto grad_scale = scale.has_value() ? at::empty_like(*scale) : at::empty({0}, h.options());
-  auto grad_z = at::empty_like(z);
-  auto grad_h = at::empty_like(h);
+  at::Tensor grad_state, grad_message, grad_scale, grad_z, grad_h;
+  std::tie(grad_state, grad_message, grad_scale, grad_z, grad_h) =
+      detail::empty_blend_grads(candidate, message_h, scale, z, h);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "ggnn_blend_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gs = grad.data_ptr<scalar_t>();

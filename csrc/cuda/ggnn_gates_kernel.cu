@@ -392,9 +392,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ggnn_gates_cuda(
   const GroupShape g = detail::check_ggnn_gates_args(state_zr, message_zr, scale, h, num_nodes);
   check_cuda("ggnn_gates", h);
   const c10::cuda::CUDAGuard device_guard(h.device());
-  auto z = at::empty({g.pairs, g.nodes, g.dim}, h.options());
-  auto reset_h = at::empty_like(z);
-  auto reset = save_reset ? at::empty_like(z) : at::empty({0}, h.options());
+  at::Tensor z, reset_h, reset;
+  std::tie(z, reset_h, reset) = detail::empty_gates_outputs(g, h, save_reset);
   const int64_t rows = g.pairs * g.nodes;
   if (rows == 0 || g.dim == 0) {
     return {z, reset_h, reset};
@@ -436,10 +435,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ggnn_gates_backward_c
       detail::check_ggnn_gates_backward_args(grad_z, grad_reset_h, z, reset, message_zr, scale, h, state_broadcast);
   check_cuda("_ggnn_gates_backward", h);
   const c10::cuda::CUDAGuard device_guard(h.device());
-  auto grad_state = at::empty({g.pairs, g.state_broadcast ? 1 : g.nodes, 2 * g.dim}, h.options());
-  auto grad_message = at::empty_like(message_zr);
-  auto grad_scale = scale.has_value() ? at::empty_like(*scale) : at::empty({0}, h.options());
-  auto grad_h = at::empty_like(h);
+  at::Tensor grad_state, grad_message, grad_scale, grad_h;
+  std::tie(grad_state, grad_message, grad_scale, grad_h) = detail::empty_gates_grads(g, message_zr, scale, h);
   if (g.pairs == 0 || g.dim == 0) {
     grad_message.zero_();
     grad_scale.zero_();
@@ -484,8 +481,8 @@ std::tuple<at::Tensor, at::Tensor> ggnn_blend_cuda(
   const GroupShape g = detail::check_ggnn_blend_args(state_h, message_h, scale, z, h);
   check_cuda("ggnn_blend", state_h);
   const c10::cuda::CUDAGuard device_guard(state_h.device());
-  auto h_new = at::empty_like(state_h);
-  auto candidate = save_candidate ? at::empty_like(state_h) : at::empty({0}, h.options());
+  at::Tensor h_new, candidate;
+  std::tie(h_new, candidate) = detail::empty_blend_outputs(state_h, save_candidate);
   const int64_t rows = g.pairs * g.nodes;
   if (rows == 0 || g.dim == 0) {
     return {h_new, candidate};
@@ -522,11 +519,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ggnn_blen
   const GroupShape g = detail::check_ggnn_blend_backward_args(grad, candidate, z, message_h, scale, h);
   check_cuda("_ggnn_blend_backward", h);
   const c10::cuda::CUDAGuard device_guard(h.device());
-  auto grad_state = at::empty_like(candidate);
-  auto grad_message = at::empty_like(message_h);
-  auto grad_scale = scale.has_value() ? at::empty_like(*scale) : at::empty({0}, h.options());
-  auto grad_z = at::empty_like(z);
-  auto grad_h = at::empty_like(h);
+  at::Tensor grad_state, grad_message, grad_scale, grad_z, grad_h;
+  std::tie(grad_state, grad_message, grad_scale, grad_z, grad_h) =
+      detail::empty_blend_grads(candidate, message_h, scale, z, h);
   if (g.pairs == 0 || g.dim == 0) {
     grad_message.zero_();
     grad_scale.zero_();
