@@ -104,10 +104,22 @@ class PairUnionPooler(nn.Module):
             self.canonical_box_size,
             self.canonical_level,
         )
-        output = features[0].new_zeros((pairs.shape[0], channels, size, size))
-        for level, (x, scale) in enumerate(zip(features, self.scales)):
-            inds = nonzero_tuple(levels == level)[0]
-            output.index_put_((inds,), self._pool(x, scale, rois, pairs[inds]))
+        if torch.compiler.is_compiling():  # data-dependent sizes: one nonzero per level traces best
+            output = features[0].new_zeros((pairs.shape[0], channels, size, size))
+            for level, (x, scale) in enumerate(zip(features, self.scales)):
+                inds = nonzero_tuple(levels == level)[0]
+                output.index_put_((inds,), self._pool(x, scale, rois, pairs[inds]))
+            return output
+        # Eager: the pairs grouped by level with a single device sync (the level sizes), every row written once.
+        counts = torch.bincount(levels, minlength=len(self.scales)).tolist()
+        order = torch.argsort(levels, stable=True)
+        output = features[0].new_empty((pairs.shape[0], channels, size, size))
+        start = 0
+        for x, scale, count in zip(features, self.scales, counts):
+            if count:
+                inds = order[start : start + count]
+                output.index_copy_(0, inds, self._pool(x, scale, rois, pairs[inds]))
+            start += count
         return output
 
     def _pool(self, x: torch.Tensor, scale: float, rois: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
