@@ -35,10 +35,9 @@ def _image_index(
         raise ValueError(
             f"ObjectRouting: num_objects {counts} sum to {sum(counts)}, but there are {num_objects} objects"
         )
-    index = torch.repeat_interleave(
-        torch.arange(len(counts), device=device), torch.tensor(counts, device=device), output_size=num_objects
-    )
-    return index, len(counts)
+    # Filled on the device: a host->device copy of the counts would wait for the device's queue.
+    index = torch.cat([torch.full((n,), i, dtype=torch.int64, device=device) for i, n in enumerate(counts)])
+    return (index if counts else torch.zeros(0, dtype=torch.int64, device=device)), len(counts)
 
 
 class ObjectRouting(nn.Module):
