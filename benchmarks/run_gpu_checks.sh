@@ -28,6 +28,7 @@
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+export PYTHONFAULTHANDLER=1  # a crash in native code prints the Python stack
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 if ! python3 -c "import kern_d2._C as C; assert C.with_cuda" 2>/dev/null; then
   python3 setup.py -q build_ext --inplace 2>&1 | grep -iE "error|fatal" | head -20  # no network there: no pip build env
@@ -69,7 +70,7 @@ for target in "${selected[@]}"; do
     tests)
       run tests python3 -m pytest -q -p no:cacheprovider tests/test_box_pair_masks.py \
         tests/test_pair_union_roi_align.py tests/test_pair_union_pooler.py tests/test_ggnn_gates.py \
-        tests/test_object_routing.py tests/test_relation_routing.py tests/test_op_registration.py \
+        tests/test_object_routing.py tests/test_relation_routing.py tests/test_op_registration.py tests/test_nms_topk.py tests/test_detections.py \
         -k "not invalid" ;;  # on the device's torch 2.11 build a C++ TORCH_CHECK failure kills the process
     union)
       run union python3 benchmarks/bench_union_op.py ;;

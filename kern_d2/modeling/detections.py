@@ -2,9 +2,10 @@
 from typing import List, Tuple
 
 import torch
-from torchvision.ops import batched_nms
 
 from detectron2.structures import Boxes, Instances
+
+from ..layers.nms import batched_nms_topk
 
 
 def top_candidate_detections(
@@ -38,7 +39,7 @@ def top_candidate_detections(
         proposal, label = top_index // num_classes, top_index % num_classes
         cand = Boxes(image_boxes.reshape(-1, num_classes, 4)[proposal, label])
         cand.clip(shape)
-        kept = batched_nms(cand.tensor, top_scores, label, nms_thresh)[:max_detections]
+        kept = batched_nms_topk(cand.tensor, top_scores, label, nms_thresh, max_detections)
         result = Instances(shape)
         result.pred_boxes = Boxes(cand.tensor[kept])
         result.scores = top_scores[kept]
