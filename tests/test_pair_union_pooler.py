@@ -132,3 +132,15 @@ def test_cuda_matches_roi_pooler(num_levels):
     assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for grad, ref_grad in zip(grads, ref_grads):
         assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_level_without_pairs_gets_zero_gradient():
+    # Small union boxes only: every pair goes to the finest level; the other maps still take part in the graph.
+    features = [torch.randn(1, 2, 32 // 2 ** level, 32 // 2 ** level) for level in range(3)]
+    boxes = [torch.tensor([[1.0, 1.0, 4.0, 4.0], [2.0, 2.0, 5.0, 6.0]])]
+    pair_idxs = [torch.tensor([[0, 1], [1, 0]])]
+    pooler = PairUnionPooler(2, [1 / 4, 1 / 8, 1 / 16], sampling_ratio=2, **CANONICAL)
+    out, grads = pooled_with_grads(pooler, features, boxes, pair_idxs)
+    assert out.shape == (2, 2, 2, 2)
+    assert grads[0].abs().sum() > 0
+    assert grads[1].abs().sum() == 0 and grads[2].abs().sum() == 0

@@ -115,10 +115,9 @@ class PairUnionPooler(nn.Module):
         order = torch.argsort(levels, stable=True)
         output = features[0].new_empty((pairs.shape[0], channels, size, size))
         start = 0
-        for x, scale, count in zip(features, self.scales, counts):
-            if count:
-                inds = order[start : start + count]
-                output.index_copy_(0, inds, self._pool(x, scale, rois, pairs[inds]))
+        for x, scale, count in zip(features, self.scales, counts):  # empty levels too: every map is in the graph
+            inds = order[start : start + count]
+            output.index_copy_(0, inds, self._pool(x, scale, rois, pairs[inds]))
             start += count
         return output
 
