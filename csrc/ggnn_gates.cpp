@@ -35,6 +35,33 @@ void check_group_rows(const char* op, const char* name, const at::Tensor& t, int
       t.sizes());
 }
 
+// A per-pair message [pairs, width]: any row stride (it may be a column slice of all message terms), unit column
+// stride.
+void check_message(const char* op, const char* name, const at::Tensor& t, const at::Tensor& like, int64_t pairs, int64_t width) {
+  TORCH_CHECK(t.dim() == 2, op, ": ", name, " must have 2 dimensions, got shape ", t.sizes());
+  TORCH_CHECK(
+      t.scalar_type() == like.scalar_type(), op, ": ", name, " must be ", like.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " must be on ", like.device(), ", got ", t.device());
+  TORCH_CHECK(
+      t.size(0) == pairs && t.size(1) == width,
+      op,
+      ": ",
+      name,
+      " must be [",
+      pairs,
+      ", ",
+      width,
+      "], got shape ",
+      t.sizes());
+  TORCH_CHECK(
+      (t.stride(1) == 1 || width <= 1) && (t.stride(0) >= width || pairs <= 1),
+      op,
+      ": ",
+      name,
+      " must have unit column stride and non-overlapping rows, got strides ",
+      t.strides());
+}
+
 void check_scale(const char* op, const c10::optional<at::Tensor>& scale, const at::Tensor& like, int64_t pairs, int64_t nodes) {
   if (!scale.has_value()) {
     return;
@@ -64,20 +91,11 @@ GroupShape check_ggnn_gates_args(
       at::isFloatingType(h.scalar_type()), op, ": h must be a floating-point tensor, got ", h.scalar_type());
   check_tensor(op, "h", h, h, 3);
   check_tensor(op, "state_zr", state_zr, h, 3);
-  check_tensor(op, "message_zr", message_zr, h, 2);
   TORCH_CHECK(num_nodes >= 1, op, ": num_nodes must be >= 1, got ", num_nodes);
   const int64_t pairs = h.size(0), dim = h.size(2);
   check_group_rows(op, "h", h, pairs, num_nodes, dim);
   check_group_rows(op, "state_zr", state_zr, pairs, num_nodes, 2 * dim);
-  TORCH_CHECK(
-      message_zr.size(0) == pairs && message_zr.size(1) == 2 * dim,
-      op,
-      ": message_zr must be [",
-      pairs,
-      ", ",
-      2 * dim,
-      "], got shape ",
-      message_zr.sizes());
+  check_message(op, "message_zr", message_zr, h, pairs, 2 * dim);
   check_scale(op, scale, h, pairs, num_nodes);
   return {pairs, num_nodes, dim, state_zr.size(1) != num_nodes, h.size(1) != num_nodes};
 }
@@ -97,11 +115,10 @@ GroupShape check_ggnn_blend_args(
   check_tensor(op, "state_h", state_h, state_h, 3);
   check_tensor(op, "z", z, state_h, 3);
   check_tensor(op, "h", h, state_h, 3);
-  check_tensor(op, "message_h", message_h, state_h, 2);
   const int64_t pairs = state_h.size(0), nodes = state_h.size(1), dim = state_h.size(2);
   check_same_shape(op, "z", z, state_h.sizes());
   check_group_rows(op, "h", h, pairs, nodes, dim);
-  check_same_shape(op, "message_h", message_h, {pairs, dim});
+  check_message(op, "message_h", message_h, state_h, pairs, dim);
   check_scale(op, scale, state_h, pairs, nodes);
   return {pairs, nodes, dim, false, h.size(1) != nodes};
 }
@@ -129,14 +146,14 @@ GroupShape check_ggnn_gates_backward_args(
   }
   check_tensor(op, "h", h, h, 3);
   check_group_rows(op, "h", h, pairs, nodes, dim);
-  check_tensor(op, "message_zr", message_zr, h, 2);
-  check_same_shape(op, "message_zr", message_zr, {pairs, 2 * dim});
+  check_message(op, "message_zr", message_zr, h, pairs, 2 * dim);
   check_scale(op, scale, h, pairs, nodes);
   return {pairs, nodes, dim, state_broadcast, h.size(1) != nodes};
 }
 
 GroupShape check_ggnn_blend_backward_args(
     const at::Tensor& grad,
+    const c10::optional<at::Tensor>& grad_weighted_sum,
     const at::Tensor& candidate,
     const at::Tensor& z,
     const at::Tensor& message_h,
@@ -149,6 +166,11 @@ GroupShape check_ggnn_blend_backward_args(
   const GroupShape shape = check_ggnn_blend_args(candidate, message_h, scale, z, h);
   check_tensor("_ggnn_blend_backward", "grad_h_new", grad, candidate, 3);
   check_same_shape("_ggnn_blend_backward", "grad_h_new", grad, candidate.sizes());
+  if (grad_weighted_sum.has_value()) {
+    TORCH_CHECK(scale.has_value(), "_ggnn_blend_backward: grad_weighted_sum needs the scale");
+    check_tensor("_ggnn_blend_backward", "grad_weighted_sum", *grad_weighted_sum, candidate, 2);
+    check_same_shape("_ggnn_blend_backward", "grad_weighted_sum", *grad_weighted_sum, {shape.pairs, shape.dim});
+  }
   return shape;
 }
 
@@ -169,13 +191,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_gates_grads(
     const GroupShape& g, const at::Tensor& message_zr, const c10::optional<at::Tensor>& scale, const at::Tensor& h) {
   return {
       at::empty({g.pairs, g.state_broadcast ? 1 : g.nodes, 2 * g.dim}, h.options()),
-      at::empty_like(message_zr),
+      at::empty(message_zr.sizes(), h.options()),
       empty_scale_like(scale, h),
       at::empty_like(h)};
 }
 
-std::tuple<at::Tensor, at::Tensor> empty_blend_outputs(const at::Tensor& state_h, bool save_candidate) {
-  return {at::empty_like(state_h), save_candidate ? at::empty_like(state_h) : at::empty({0}, state_h.options())};
+std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_blend_outputs(
+    const at::Tensor& state_h, bool save_candidate, bool weighted_sum) {
+  const auto none = at::empty({0}, state_h.options());
+  return {
+      at::empty_like(state_h),
+      save_candidate ? at::empty_like(state_h) : none,
+      weighted_sum ? at::empty({state_h.size(0), state_h.size(2)}, state_h.options()) : none};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_blend_grads(
@@ -185,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_ble
     const at::Tensor& z,
     const at::Tensor& h) {
   return {
-      at::empty_like(candidate), at::empty_like(message_h), empty_scale_like(scale, h), at::empty_like(z),
+      at::empty_like(candidate), at::empty(message_h.sizes(), h.options()), empty_scale_like(scale, h), at::empty_like(z),
       at::empty_like(h)};
 }
 
@@ -204,11 +231,11 @@ TORCH_LIBRARY_FRAGMENT(kern_d2, m) {
       "Tensor? scale, Tensor h, bool state_broadcast) "
       "-> (Tensor grad_state_zr, Tensor grad_message_zr, Tensor grad_scale, Tensor grad_h)");
   m.def(
-      "ggnn_blend(Tensor state_h, Tensor message_h, Tensor? scale, Tensor z, Tensor h, bool save_candidate) "
-      "-> (Tensor h_new, Tensor candidate)");
+      "ggnn_blend(Tensor state_h, Tensor message_h, Tensor? scale, Tensor z, Tensor h, bool save_candidate, "
+      "bool weighted_sum) -> (Tensor h_new, Tensor candidate, Tensor weighted_sum)");
   m.def(
-      "_ggnn_blend_backward(Tensor grad_h_new, Tensor candidate, Tensor z, Tensor message_h, Tensor? scale, "
-      "Tensor h) -> (Tensor grad_state_h, Tensor grad_message_h, Tensor grad_scale, Tensor grad_z, Tensor grad_h)");
+      "_ggnn_blend_backward(Tensor grad_h_new, Tensor? grad_weighted_sum, Tensor candidate, Tensor z, "
+      "Tensor message_h, Tensor? scale, Tensor h) -> (Tensor grad_state_h, Tensor grad_message_h, Tensor grad_scale, Tensor grad_z, Tensor grad_h)");
 }
 
 } // namespace kern_d2

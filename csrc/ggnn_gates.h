@@ -4,9 +4,11 @@
 //   gates:  z = sigmoid(S_z + s M_z),  r = sigmoid(S_r + s M_r),  reset_h = r * h
 //   blend:  c = tanh(S_h + s M_h),     h' = h + z (c - h)
 //
-// S are the per-node state terms ([R, K or 1, .] with the bias), M the per-pair message terms [R, .], s the
-// per-node scale [R, K] (1 when absent), h the states [R, K or 1, D]. A "K or 1" input is broadcast over the
-// group's nodes; its gradient is summed over them. The math per element is shared by the CPU and CUDA kernels.
+// On request the blend also returns sum_k s_k h'_k per pair (the message KERN's subject and object nodes receive).
+// S are the per-node state terms ([R, K or 1, .] with the bias), M the per-pair message terms [R, .] (any row
+// stride: they may be column slices of one [R, 3D] tensor), s the per-node scale [R, K] (1 when absent), h the
+// states [R, K or 1, D]. A "K or 1" input is broadcast over the group's nodes; its gradient is summed over them.
+// The math per element is shared by the CPU and CUDA kernels.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -52,6 +54,12 @@ struct GateGrad {
 template <typename T>
 C10_HOST_DEVICE inline GateGrad<T> gate_grad(T grad_z, T grad_reset_h, T z, T r, T h) {
   return {grad_z * z * (T(1) - z), grad_reset_h * h * r * (T(1) - r), grad_reset_h * r};
+}
+
+// h' = h + z (c - h), the blend's value (forward, and recomputed by the backward of the weighted sum).
+template <typename T>
+C10_HOST_DEVICE inline T blend_value(T candidate, T z, T h) {
+  return h + z * (candidate - h);
 }
 
 // Gradients of one element of the blend: d/dS_h (= d/d(pre-tanh)), d/dz and d/dh.
@@ -100,6 +108,7 @@ GroupShape check_ggnn_gates_backward_args(
 
 GroupShape check_ggnn_blend_backward_args(
     const at::Tensor& grad,
+    const c10::optional<at::Tensor>& grad_weighted_sum,
     const at::Tensor& candidate,
     const at::Tensor& z,
     const at::Tensor& message_h,
@@ -111,7 +120,8 @@ GroupShape check_ggnn_blend_backward_args(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_gates_outputs(const GroupShape& g, const at::Tensor& h, bool save_reset);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_gates_grads(
     const GroupShape& g, const at::Tensor& message_zr, const c10::optional<at::Tensor>& scale, const at::Tensor& h);
-std::tuple<at::Tensor, at::Tensor> empty_blend_outputs(const at::Tensor& state_h, bool save_candidate);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_blend_outputs(
+    const at::Tensor& state_h, bool save_candidate, bool weighted_sum);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_blend_grads(
     const at::Tensor& candidate,
     const at::Tensor& message_h,

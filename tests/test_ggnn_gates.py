@@ -82,6 +82,37 @@ def test_gradcheck(state_rows, h_rows, with_scale):
     assert torch.autograd.gradcheck(ggnn_blend, inputs)
 
 
+def test_blend_weighted_sum():
+    x = gate_inputs(K, 1, True)
+    out, sums = ggnn_blend(x["state_h"], x["message_h"], x["z"], x["h"], x["scale"], weighted_sum=True)
+    expected = reference_blend(x["state_h"], x["message_h"], x["z"], x["h"], x["scale"])
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-14)
+    torch.testing.assert_close(sums, (x["scale"][:, :, None] * expected).sum(dim=1), rtol=0, atol=1e-14)
+
+    def both(*args):
+        return ggnn_blend(*args, weighted_sum=True)
+
+    assert torch.autograd.gradcheck(both, (x["state_h"], x["message_h"], x["z"], x["h"], x["scale"]))
+    with pytest.raises(ValueError, match="weighted_sum needs the per-node scale"):
+        ggnn_blend(x["state_h"], x["message_h"], x["z"], x["h"], None, weighted_sum=True)
+
+
+def test_messages_may_be_column_slices():
+    # The model passes column slices of one [R, 3D] tensor of message terms (row stride 3D), read in place.
+    x = gate_inputs(K, K, True)
+    terms = torch.cat([x["message_zr"], x["message_h"]], dim=1).detach().requires_grad_(True)
+
+    def update(message_terms, message_zr=None, message_h=None):
+        message_zr = message_terms[:, : 2 * D] if message_zr is None else message_zr
+        message_h = message_terms[:, 2 * D :] if message_h is None else message_h
+        z, reset_h = ggnn_gates(x["state_zr"], message_zr, x["h"], x["scale"], num_nodes=K)
+        return ggnn_blend(x["state_h"] + reset_h, message_h, z, x["h"], x["scale"])
+
+    assert not terms[:, : 2 * D].is_contiguous()
+    torch.testing.assert_close(update(terms), update(None, x["message_zr"], x["message_h"]), rtol=0, atol=0)
+    assert torch.autograd.gradcheck(update, (terms,))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_compute_in_float(dtype):
     x = gate_inputs(1, K, True, dtype=dtype, dim=16)
@@ -106,9 +137,9 @@ def test_no_grad_keeps_no_saved_state():
     args = [x["state_zr"].detach(), x["message_zr"].detach(), x["scale"].detach(), x["h"].detach()]
     _, _, reset = ops.ggnn_gates(*args, K, False)
     assert reset.numel() == 0
-    _, candidate = ops.ggnn_blend(x["state_h"].detach(), x["message_h"].detach(), None, x["z"].detach(),
-                                  x["h"].detach(), False)
-    assert candidate.numel() == 0
+    _, candidate, sums = ops.ggnn_blend(x["state_h"].detach(), x["message_h"].detach(), None, x["z"].detach(),
+                                        x["h"].detach(), False, False)
+    assert candidate.numel() == 0 and sums.numel() == 0
 
 
 def test_empty_groups():
@@ -140,7 +171,7 @@ def test_opcheck(op):
     if op == "ggnn_gates":
         args = (x["state_zr"], x["message_zr"], x["scale"], x["h"], K, True)
     else:
-        args = (x["state_h"], x["message_h"], x["scale"], x["z"], x["h"], True)
+        args = (x["state_h"], x["message_h"], x["scale"], x["z"], x["h"], True, True)
     torch.library.opcheck(getattr(load_ops(), op).default, args)
 
 
@@ -194,7 +225,12 @@ def test_cuda_matches_cpu(dtype, dim, state_rows, h_rows, with_scale):
         x = gate_inputs(state_rows, h_rows, with_scale, dtype=dtype, device=device, dim=dim)
         z, reset_h = ggnn_gates(x["state_zr"], x["message_zr"], x["h"], x["scale"], num_nodes=K)
         out = ggnn_blend(x["state_h"], x["message_h"], x["z"], x["h"], x["scale"])
-        (z.square().sum() + reset_h.sum() + out.square().sum()).float().backward()
+        loss = z.square().sum() + reset_h.sum() + out.square().sum()
+        if with_scale:  # the weighted-sum kernels, with the message read from a column slice
+            padded = torch.cat([x["message_h"], x["message_h"].new_zeros(R, 16)], dim=1)[:, :dim]  # row stride dim + 16
+            out_sum, sums = ggnn_blend(x["state_h"], padded, x["z"], x["h"], x["scale"], weighted_sum=True)
+            loss = loss + out_sum.sum() + sums.square().sum()
+        loss.float().backward()
         grads = [v.grad for v in x.values() if v is not None]
         results.append([t.cpu().float() for t in [z, reset_h, out] + grads])
     tol = {torch.bfloat16: 2e-2, torch.float32: 1e-5, torch.float64: 1e-12}[dtype]

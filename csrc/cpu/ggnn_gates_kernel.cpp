@@ -45,12 +45,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ggnn_gates_cpu(
     scalar_t* z_out = z.data_ptr<scalar_t>();
     scalar_t* reset_h_out = reset_h.data_ptr<scalar_t>();
     scalar_t* reset_out = save_reset ? reset.data_ptr<scalar_t>() : nullptr;
-    const int64_t K = g.nodes, D = g.dim;
+    const int64_t K = g.nodes, D = g.dim, message_stride = message_zr.stride(0);
     at::parallel_for(0, g.pairs * K, row_grain(D), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t r = row / K;
         const scalar_t* s_row = state + (g.state_broadcast ? r : row) * 2 * D;
-        const scalar_t* m_row = message + r * 2 * D;
+        const scalar_t* m_row = message + r * message_stride;
         const scalar_t* h_row = states + (g.h_broadcast ? r : row) * D;
         const acc_t s = scales ? acc_t(scales[row]) : acc_t(1);
         for (int64_t d = 0; d < D; ++d) {
@@ -94,14 +94,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ggnn_gates_backward_c
     scalar_t* g_message = grad_message.data_ptr<scalar_t>();
     scalar_t* g_scale = scales ? grad_scale.data_ptr<scalar_t>() : nullptr;
     scalar_t* g_h = grad_h.data_ptr<scalar_t>();
-    const int64_t K = g.nodes, D = g.dim;
+    const int64_t K = g.nodes, D = g.dim, message_stride = message_zr.stride(0);
     at::parallel_for(0, g.pairs, std::max<int64_t>(1, row_grain(D) / K), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> sum_message(2 * D), sum_state(g.state_broadcast ? 2 * D : 0), sum_h(g.h_broadcast ? D : 0);
       for (int64_t r = begin; r < end; ++r) {
         std::fill(sum_message.begin(), sum_message.end(), acc_t(0));
         std::fill(sum_state.begin(), sum_state.end(), acc_t(0));
         std::fill(sum_h.begin(), sum_h.end(), acc_t(0));
-        const scalar_t* m_row = message + r * 2 * D;
+        const scalar_t* m_row = message + r * message_stride;
         for (int64_t k = 0; k < K; ++k) {
           const int64_t row = r * K + k;
           const scalar_t* h_row = states + (g.h_broadcast ? r : row) * D;
@@ -139,16 +139,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ggnn_gates_backward_c
   return {grad_state, grad_message, grad_scale, grad_h};
 }
 
-std::tuple<at::Tensor, at::Tensor> ggnn_blend_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ggnn_blend_cpu(
     const at::Tensor& state_h,
     const at::Tensor& message_h,
     const c10::optional<at::Tensor>& scale,
     const at::Tensor& z,
     const at::Tensor& h,
-    bool save_candidate) {
+    bool save_candidate,
+    bool weighted_sum) {
   const GroupShape g = detail::check_ggnn_blend_args(state_h, message_h, scale, z, h);
-  at::Tensor h_new, candidate;
-  std::tie(h_new, candidate) = detail::empty_blend_outputs(state_h, save_candidate);
+  TORCH_CHECK(!weighted_sum || scale.has_value(), "ggnn_blend: weighted_sum needs the scale");
+  at::Tensor h_new, candidate, sums;
+  std::tie(h_new, candidate, sums) = detail::empty_blend_outputs(state_h, save_candidate, weighted_sum);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "ggnn_blend_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* state = state_h.data_ptr<scalar_t>();
@@ -158,42 +160,54 @@ std::tuple<at::Tensor, at::Tensor> ggnn_blend_cpu(
     const scalar_t* states = h.data_ptr<scalar_t>();
     scalar_t* out = h_new.data_ptr<scalar_t>();
     scalar_t* cand_out = save_candidate ? candidate.data_ptr<scalar_t>() : nullptr;
-    const int64_t K = g.nodes, D = g.dim;
-    at::parallel_for(0, g.pairs * K, row_grain(D), [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t r = row / K;
-        const scalar_t* m_row = message + r * D;
-        const scalar_t* h_row = states + (g.h_broadcast ? r : row) * D;
-        const acc_t s = scales ? acc_t(scales[row]) : acc_t(1);
-        for (int64_t d = 0; d < D; ++d) {
-          const int64_t i = row * D + d;
-          const acc_t c = detail::ggnn_tanh(acc_t(state[i]) + s * acc_t(m_row[d]));
-          const acc_t hh = h_row[d];
-          out[i] = hh + acc_t(zs[i]) * (c - hh);
-          if (cand_out) {
-            cand_out[i] = c;
+    scalar_t* sums_out = weighted_sum ? sums.data_ptr<scalar_t>() : nullptr;
+    const int64_t K = g.nodes, D = g.dim, message_stride = message_h.stride(0);
+    at::parallel_for(0, g.pairs, std::max<int64_t>(1, row_grain(D) / K), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> sum(sums_out ? D : 0);
+      for (int64_t r = begin; r < end; ++r) {
+        std::fill(sum.begin(), sum.end(), acc_t(0));
+        const scalar_t* m_row = message + r * message_stride;
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t row = r * K + k;
+          const scalar_t* h_row = states + (g.h_broadcast ? r : row) * D;
+          const acc_t s = scales ? acc_t(scales[row]) : acc_t(1);
+          for (int64_t d = 0; d < D; ++d) {
+            const int64_t i = row * D + d;
+            const acc_t c = detail::ggnn_tanh(acc_t(state[i]) + s * acc_t(m_row[d]));
+            const acc_t value = detail::blend_value<acc_t>(c, zs[i], h_row[d]);
+            out[i] = value;
+            if (cand_out) {
+              cand_out[i] = c;
+            }
+            if (sums_out) {
+              sum[d] += s * value;
+            }
           }
         }
+        std::copy(sum.begin(), sum.end(), sums_out + (sums_out ? r * D : 0));
       }
     });
   });
-  return {h_new, candidate};
+  return {h_new, candidate, sums};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ggnn_blend_backward_cpu(
     const at::Tensor& grad,
+    const c10::optional<at::Tensor>& grad_weighted_sum,
     const at::Tensor& candidate,
     const at::Tensor& z,
     const at::Tensor& message_h,
     const c10::optional<at::Tensor>& scale,
     const at::Tensor& h) {
-  const GroupShape g = detail::check_ggnn_blend_backward_args(grad, candidate, z, message_h, scale, h);
+  const GroupShape g =
+      detail::check_ggnn_blend_backward_args(grad, grad_weighted_sum, candidate, z, message_h, scale, h);
   at::Tensor grad_state, grad_message, grad_scale, grad_z, grad_h;
   std::tie(grad_state, grad_message, grad_scale, grad_z, grad_h) =
       detail::empty_blend_grads(candidate, message_h, scale, z, h);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "ggnn_blend_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gs = grad.data_ptr<scalar_t>();
+    const scalar_t* g_sums = optional_data<scalar_t>(grad_weighted_sum);
     const scalar_t* cs = candidate.data_ptr<scalar_t>();
     const scalar_t* zs = z.data_ptr<scalar_t>();
     const scalar_t* message = message_h.data_ptr<scalar_t>();
@@ -204,13 +218,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ggnn_blen
     scalar_t* g_scale = scales ? grad_scale.data_ptr<scalar_t>() : nullptr;
     scalar_t* g_z = grad_z.data_ptr<scalar_t>();
     scalar_t* g_h = grad_h.data_ptr<scalar_t>();
-    const int64_t K = g.nodes, D = g.dim;
+    const int64_t K = g.nodes, D = g.dim, message_stride = message_h.stride(0);
     at::parallel_for(0, g.pairs, std::max<int64_t>(1, row_grain(D) / K), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> sum_message(D), sum_h(g.h_broadcast ? D : 0);
       for (int64_t r = begin; r < end; ++r) {
         std::fill(sum_message.begin(), sum_message.end(), acc_t(0));
         std::fill(sum_h.begin(), sum_h.end(), acc_t(0));
-        const scalar_t* m_row = message + r * D;
+        const scalar_t* m_row = message + r * message_stride;
         for (int64_t k = 0; k < K; ++k) {
           const int64_t row = r * K + k;
           const scalar_t* h_row = states + (g.h_broadcast ? r : row) * D;
@@ -218,7 +232,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ggnn_blen
           acc_t ds = 0;
           for (int64_t d = 0; d < D; ++d) {
             const int64_t i = row * D + d;
-            const auto bg = detail::blend_grad<acc_t>(gs[i], cs[i], zs[i], h_row[d]);
+            acc_t g_out = gs[i];
+            if (g_sums) { // h'_k also feeds sum_k s_k h'_k
+              const acc_t g_sum = g_sums[r * D + d];
+              g_out += s * g_sum;
+              ds += g_sum * detail::blend_value<acc_t>(cs[i], zs[i], h_row[d]);
+            }
+            const auto bg = detail::blend_grad<acc_t>(g_out, cs[i], zs[i], h_row[d]);
             g_state[i] = bg.state_h;
             g_z[i] = bg.z;
             sum_message[d] += s * bg.state_h;

@@ -70,6 +70,7 @@ __global__ void ggnn_gates_kernel(
     int64_t rows,
     int64_t K,
     int64_t D,
+    int64_t message_stride,
     bool state_broadcast,
     bool h_broadcast,
     scalar_t* __restrict__ z_out,
@@ -82,7 +83,7 @@ __global__ void ggnn_gates_kernel(
   }
   const int64_t r = row / K;
   const scalar_t* s_row = state + (state_broadcast ? r : row) * 2 * D;
-  const scalar_t* m_row = message + r * 2 * D;
+  const scalar_t* m_row = message + r * message_stride;
   const scalar_t* h_row = states + (h_broadcast ? r : row) * D;
   const acc_t s = scales ? acc_t(scales[row]) : acc_t(1);
   for (int64_t d = threadIdx.x * N; d < D; d += blockDim.x * N) {
@@ -116,6 +117,7 @@ __global__ void ggnn_blend_kernel(
     int64_t rows,
     int64_t K,
     int64_t D,
+    int64_t message_stride,
     bool h_broadcast,
     scalar_t* __restrict__ out,
     scalar_t* __restrict__ candidate_out) {
@@ -125,7 +127,7 @@ __global__ void ggnn_blend_kernel(
     return;
   }
   const int64_t r = row / K;
-  const scalar_t* m_row = message + r * D;
+  const scalar_t* m_row = message + r * message_stride;
   const scalar_t* h_row = states + (h_broadcast ? r : row) * D;
   const acc_t s = scales ? acc_t(scales[row]) : acc_t(1);
   for (int64_t d = threadIdx.x * N; d < D; d += blockDim.x * N) {
@@ -136,14 +138,66 @@ __global__ void ggnn_blend_kernel(
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const acc_t c = detail::ggnn_tanh(acc_t(sh.v[j]) + s * acc_t(mh.v[j]));
-      const acc_t h = hh.v[j];
-      h_new.v[j] = h + acc_t(zz.v[j]) * (c - h);
+      h_new.v[j] = detail::blend_value<acc_t>(c, zz.v[j], hh.v[j]);
       candidate.v[j] = c;
     }
     store_pack<N>(out + i, h_new);
     if (candidate_out) {
       store_pack<N>(candidate_out + i, candidate);
     }
+  }
+}
+
+// The blend with sum_k s_k h'_k: one block per pair (like the backward kernels), each thread walking the pair's
+// nodes for its pack of channels and keeping the weighted sum in registers.
+template <typename scalar_t, int N>
+__global__ void ggnn_blend_sum_kernel(
+    const scalar_t* __restrict__ state,
+    const scalar_t* __restrict__ message,
+    const scalar_t* __restrict__ scales,
+    const scalar_t* __restrict__ zs,
+    const scalar_t* __restrict__ states,
+    int64_t K,
+    int64_t D,
+    int64_t message_stride,
+    bool h_broadcast,
+    scalar_t* __restrict__ out,
+    scalar_t* __restrict__ candidate_out,
+    scalar_t* __restrict__ sums_out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t r = blockIdx.x;
+  for (int64_t d = threadIdx.x * N; d < D; d += blockDim.x * N) {
+    const auto mh = load_pack<N>(message + r * message_stride + d);
+    acc_t sum[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      sum[j] = 0;
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t row = r * K + k, i = row * D + d;
+      const acc_t s = acc_t(scales[row]);
+      const auto sh = load_pack<N>(state + i), zz = load_pack<N>(zs + i);
+      const auto hh = load_pack<N>(states + (h_broadcast ? r : row) * D + d);
+      Pack<scalar_t, N> h_new, candidate;
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        const acc_t c = detail::ggnn_tanh(acc_t(sh.v[j]) + s * acc_t(mh.v[j]));
+        const acc_t value = detail::blend_value<acc_t>(c, zz.v[j], hh.v[j]);
+        h_new.v[j] = value;
+        candidate.v[j] = c;
+        sum[j] += s * value;
+      }
+      store_pack<N>(out + i, h_new);
+      if (candidate_out) {
+        store_pack<N>(candidate_out + i, candidate);
+      }
+    }
+    Pack<scalar_t, N> sums;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      sums.v[j] = sum[j];
+    }
+    store_pack<N>(sums_out + r * D + d, sums);
   }
 }
 
@@ -158,6 +212,7 @@ __global__ void ggnn_gates_backward_kernel(
     const scalar_t* __restrict__ states,
     int64_t K,
     int64_t D,
+    int64_t message_stride,
     bool state_broadcast,
     bool h_broadcast,
     scalar_t* __restrict__ g_state,
@@ -183,8 +238,8 @@ __global__ void ggnn_gates_backward_kernel(
     }
     Pack<scalar_t, N> mz, mr;
     if (active) {
-      mz = load_pack<N>(message + r * 2 * D + d);
-      mr = load_pack<N>(message + r * 2 * D + D + d);
+      mz = load_pack<N>(message + r * message_stride + d);
+      mr = load_pack<N>(message + r * message_stride + D + d);
     }
     for (int64_t k = 0; k < K; ++k) {
       const int64_t row = r * K + k;
@@ -256,6 +311,7 @@ __global__ void ggnn_gates_backward_kernel(
 template <typename scalar_t, int N>
 __global__ void ggnn_blend_backward_kernel(
     const scalar_t* __restrict__ grad,
+    const scalar_t* __restrict__ grad_sums,
     const scalar_t* __restrict__ candidates,
     const scalar_t* __restrict__ zs,
     const scalar_t* __restrict__ message,
@@ -263,6 +319,7 @@ __global__ void ggnn_blend_backward_kernel(
     const scalar_t* __restrict__ states,
     int64_t K,
     int64_t D,
+    int64_t message_stride,
     bool h_broadcast,
     scalar_t* __restrict__ g_state,
     scalar_t* __restrict__ g_message,
@@ -286,9 +343,12 @@ __global__ void ggnn_blend_backward_kernel(
     for (int j = 0; j < N; ++j) {
       sum_m[j] = sum_h[j] = 0;
     }
-    Pack<scalar_t, N> mh;
+    Pack<scalar_t, N> mh, g_sum;
     if (active) {
-      mh = load_pack<N>(message + r * D + d);
+      mh = load_pack<N>(message + r * message_stride + d);
+      if (grad_sums) {
+        g_sum = load_pack<N>(grad_sums + r * D + d);
+      }
     }
     for (int64_t k = 0; k < K; ++k) {
       const int64_t row = r * K + k;
@@ -301,7 +361,12 @@ __global__ void ggnn_blend_backward_kernel(
         Pack<scalar_t, N> gs, gz, gh;
 #pragma unroll
         for (int j = 0; j < N; ++j) {
-          const auto bg = detail::blend_grad<acc_t>(gg.v[j], cc.v[j], zz.v[j], hh.v[j]);
+          acc_t g_out = gg.v[j];
+          if (grad_sums) { // h'_k also feeds sum_k s_k h'_k
+            g_out += s * acc_t(g_sum.v[j]);
+            ds += acc_t(g_sum.v[j]) * detail::blend_value<acc_t>(cc.v[j], zz.v[j], hh.v[j]);
+          }
+          const auto bg = detail::blend_grad<acc_t>(g_out, cc.v[j], zz.v[j], hh.v[j]);
           sum_m[j] += s * bg.state_h;
           ds += acc_t(mh.v[j]) * bg.state_h;
           sum_h[j] += bg.h;
@@ -353,15 +418,15 @@ const T* optional_data(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<T>() : nullptr;
 }
 
-// Pack width: 16 bytes when every row start is 16-byte aligned, else one element per thread.
+// Pack width: 16 bytes when every row start (message rows included) is 16-byte aligned, else one element per thread.
 template <typename scalar_t>
-bool can_use_packs(int64_t dim, std::initializer_list<const at::Tensor*> tensors) {
+bool can_use_packs(int64_t dim, int64_t message_stride, std::initializer_list<const at::Tensor*> tensors) {
   constexpr int64_t n = 16 / sizeof(scalar_t);
-  if (dim % n != 0) {
+  if (dim % n != 0 || message_stride % n != 0) {
     return false;
   }
   for (const at::Tensor* t : tensors) {
-    if (t->numel() > 0 && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) {
+    if (t->defined() && t->numel() > 0 && reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) {
       return false;
     }
   }
@@ -400,7 +465,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ggnn_gates_cuda(
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "ggnn_gates_cuda", [&] {
     const auto scale_t = scale.has_value() ? *scale : at::Tensor();
-    const bool packed = can_use_packs<scalar_t>(g.dim, {&state_zr, &message_zr, &h, &z, &reset_h, &reset});
+    const bool packed = can_use_packs<scalar_t>(g.dim, message_zr.stride(0), {&state_zr, &message_zr, &h, &z, &reset_h, &reset});
     KERN_D2_WITH_PACK(packed, [&] {
       const RowLaunch launch = row_launch(rows, g.dim / N);
       ggnn_gates_kernel<scalar_t, N><<<launch.grid, launch.block, 0, c10::cuda::getCurrentCUDAStream()>>>(
@@ -411,6 +476,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ggnn_gates_cuda(
           rows,
           g.nodes,
           g.dim,
+          message_zr.stride(0),
           g.state_broadcast,
           g.h_broadcast,
           z.data_ptr<scalar_t>(),
@@ -445,7 +511,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ggnn_gates_backward_c
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "ggnn_gates_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const bool packed = can_use_packs<scalar_t>(
-        g.dim, {&grad_z, &grad_reset_h, &z, &reset, &message_zr, &h, &grad_state, &grad_message, &grad_h});
+        g.dim, message_zr.stride(0), {&grad_z, &grad_reset_h, &z, &reset, &message_zr, &h, &grad_state, &grad_message, &grad_h});
     KERN_D2_WITH_PACK(packed, [&] {
       const int threads = pair_block_threads(g.dim / N);
       ggnn_gates_backward_kernel<scalar_t, N>
@@ -459,6 +525,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ggnn_gates_backward_c
               h.data_ptr<scalar_t>(),
               g.nodes,
               g.dim,
+              message_zr.stride(0),
               g.state_broadcast,
               g.h_broadcast,
               grad_state.data_ptr<scalar_t>(),
@@ -471,52 +538,76 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ggnn_gates_backward_c
   return {grad_state, grad_message, grad_scale, grad_h};
 }
 
-std::tuple<at::Tensor, at::Tensor> ggnn_blend_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ggnn_blend_cuda(
     const at::Tensor& state_h,
     const at::Tensor& message_h,
     const c10::optional<at::Tensor>& scale,
     const at::Tensor& z,
     const at::Tensor& h,
-    bool save_candidate) {
+    bool save_candidate,
+    bool weighted_sum) {
   const GroupShape g = detail::check_ggnn_blend_args(state_h, message_h, scale, z, h);
+  TORCH_CHECK(!weighted_sum || scale.has_value(), "ggnn_blend: weighted_sum needs the scale");
   check_cuda("ggnn_blend", state_h);
   const c10::cuda::CUDAGuard device_guard(state_h.device());
-  at::Tensor h_new, candidate;
-  std::tie(h_new, candidate) = detail::empty_blend_outputs(state_h, save_candidate);
+  at::Tensor h_new, candidate, sums;
+  std::tie(h_new, candidate, sums) = detail::empty_blend_outputs(state_h, save_candidate, weighted_sum);
   const int64_t rows = g.pairs * g.nodes;
   if (rows == 0 || g.dim == 0) {
-    return {h_new, candidate};
+    sums.zero_();
+    return {h_new, candidate, sums};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "ggnn_blend_cuda", [&] {
-    const bool packed = can_use_packs<scalar_t>(g.dim, {&state_h, &message_h, &z, &h, &h_new, &candidate});
+    const bool packed = can_use_packs<scalar_t>(
+        g.dim, message_h.stride(0), {&state_h, &message_h, &z, &h, &h_new, &candidate, &sums});
+    const auto stream = c10::cuda::getCurrentCUDAStream();
     KERN_D2_WITH_PACK(packed, [&] {
-      const RowLaunch launch = row_launch(rows, g.dim / N);
-      ggnn_blend_kernel<scalar_t, N><<<launch.grid, launch.block, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          state_h.data_ptr<scalar_t>(),
-          message_h.data_ptr<scalar_t>(),
-          optional_data<scalar_t>(scale),
-          z.data_ptr<scalar_t>(),
-          h.data_ptr<scalar_t>(),
-          rows,
-          g.nodes,
-          g.dim,
-          g.h_broadcast,
-          h_new.data_ptr<scalar_t>(),
-          data_or_null<scalar_t>(candidate));
+      if (weighted_sum) {
+        ggnn_blend_sum_kernel<scalar_t, N><<<g.pairs, pair_block_threads(g.dim / N), 0, stream>>>(
+            state_h.data_ptr<scalar_t>(),
+            message_h.data_ptr<scalar_t>(),
+            scale->data_ptr<scalar_t>(),
+            z.data_ptr<scalar_t>(),
+            h.data_ptr<scalar_t>(),
+            g.nodes,
+            g.dim,
+            message_h.stride(0),
+            g.h_broadcast,
+            h_new.data_ptr<scalar_t>(),
+            data_or_null<scalar_t>(candidate),
+            sums.data_ptr<scalar_t>());
+      } else {
+        const RowLaunch launch = row_launch(rows, g.dim / N);
+        ggnn_blend_kernel<scalar_t, N><<<launch.grid, launch.block, 0, stream>>>(
+            state_h.data_ptr<scalar_t>(),
+            message_h.data_ptr<scalar_t>(),
+            optional_data<scalar_t>(scale),
+            z.data_ptr<scalar_t>(),
+            h.data_ptr<scalar_t>(),
+            rows,
+            g.nodes,
+            g.dim,
+            message_h.stride(0),
+            g.h_broadcast,
+            h_new.data_ptr<scalar_t>(),
+            data_or_null<scalar_t>(candidate));
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {h_new, candidate};
+  return {h_new, candidate, sums};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ggnn_blend_backward_cuda(
     const at::Tensor& grad,
+    const c10::optional<at::Tensor>& grad_weighted_sum,
     const at::Tensor& candidate,
     const at::Tensor& z,
     const at::Tensor& message_h,
     const c10::optional<at::Tensor>& scale,
     const at::Tensor& h) {
-  const GroupShape g = detail::check_ggnn_blend_backward_args(grad, candidate, z, message_h, scale, h);
+  const GroupShape g =
+      detail::check_ggnn_blend_backward_args(grad, grad_weighted_sum, candidate, z, message_h, scale, h);
   check_cuda("_ggnn_blend_backward", h);
   const c10::cuda::CUDAGuard device_guard(h.device());
   at::Tensor grad_state, grad_message, grad_scale, grad_z, grad_h;
@@ -530,13 +621,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ggnn_blen
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "ggnn_blend_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor grad_sums = grad_weighted_sum.has_value() ? *grad_weighted_sum : at::Tensor();
     const bool packed = can_use_packs<scalar_t>(
-        g.dim, {&grad, &candidate, &z, &message_h, &h, &grad_state, &grad_message, &grad_z, &grad_h});
+        g.dim,
+        message_h.stride(0),
+        {&grad, &candidate, &z, &message_h, &h, &grad_state, &grad_message, &grad_z, &grad_h, &grad_sums});
     KERN_D2_WITH_PACK(packed, [&] {
       const int threads = pair_block_threads(g.dim / N);
       ggnn_blend_backward_kernel<scalar_t, N>
           <<<g.pairs, threads, g.nodes * sizeof(acc_t), c10::cuda::getCurrentCUDAStream()>>>(
               grad.data_ptr<scalar_t>(),
+              optional_data<scalar_t>(grad_weighted_sum),
               candidate.data_ptr<scalar_t>(),
               z.data_ptr<scalar_t>(),
               message_h.data_ptr<scalar_t>(),
@@ -544,6 +639,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ggnn_blen
               h.data_ptr<scalar_t>(),
               g.nodes,
               g.dim,
+              message_h.stride(0),
               g.h_broadcast,
               grad_state.data_ptr<scalar_t>(),
               grad_message.data_ptr<scalar_t>(),

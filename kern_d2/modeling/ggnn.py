@@ -21,7 +21,7 @@ The elementwise arithmetic around the matmuls (``gate_impl``) runs as
 - "eager": plain PyTorch ops;
 - "compile": the PyTorch ops under ``torch.compile`` (generated Triton kernels on CUDA).
 """
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -120,24 +120,32 @@ class GatedGraphUpdate(nn.Module):
         return self.message(message)
 
     def update(
-        self, h: torch.Tensor, message_terms: torch.Tensor, scale: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
+        self,
+        h: torch.Tensor,
+        message_terms: torch.Tensor,
+        scale: Optional[torch.Tensor] = None,
+        weighted_sum: bool = False,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """New states [..., D] from states ``h`` [..., D] and precomputed ``message_terms`` [..., 3D].
 
         ``message_terms`` may broadcast against ``h`` (one term shared by several nodes); ``scale`` [..., 1] then
-        gives each node its own multiple of it (the message of that node is ``scale * a``).
+        gives each node its own multiple of it (the message of that node is ``scale * a``). With ``weighted_sum``
+        (groups [R, K, D] and ``scale`` [R, K, 1]) also returns sum_k scale_k h'_k [R, D].
         """
         d = self.hidden_dim
         state_zr = F.linear(h, self.state_gate_weight(), self.gate_bias)
         fused = self.gate_impl == "fused" or (self.gate_impl == "auto" and h.is_cuda)
         if fused and _shared_message(h, message_terms):
-            message = message_terms[:, 0]  # [R, 3D]
+            message = message_terms[:, 0]  # [R, 3D]; the kernels read its column slices in place
             node_scale = None if scale is None else scale[..., 0]  # [R, K]
             num_nodes = h.shape[1] if node_scale is None else max(h.shape[1], node_scale.shape[1])
             z, reset_h = ggnn_gates(state_zr, message[:, : 2 * d], h, node_scale, num_nodes)
-            return ggnn_blend(self.candidate(reset_h), message[:, 2 * d :], z, h, node_scale)
+            return ggnn_blend(self.candidate(reset_h), message[:, 2 * d :], z, h, node_scale, weighted_sum)
         z, reset_h = self._gates_fn(message_terms[..., : 2 * d], state_zr, h, scale)
-        return self._blend_fn(message_terms[..., 2 * d :], self.candidate(reset_h), z, h, scale)
+        h_new = self._blend_fn(message_terms[..., 2 * d :], self.candidate(reset_h), z, h, scale)
+        if not weighted_sum:
+            return h_new
+        return h_new, torch.bmm(scale.transpose(1, 2).to(h_new.dtype), h_new).squeeze(1)
 
     def forward(self, h: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
         """h [..., D], message [..., M] -> new h [..., D]."""

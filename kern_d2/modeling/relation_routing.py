@@ -20,14 +20,6 @@ from .ggnn import GATE_IMPLS, GatedGraphUpdate
 __all__ = ["RelationRouting"]
 
 
-def _weighted_predicate_sum(weights: torch.Tensor, h_pred: torch.Tensor) -> torch.Tensor:
-    """[R, D]: sum_k a_k h_k from weights [R, P] and predicate states [R, P or 1, D]."""
-    if h_pred.shape[1] == 1:  # before the first update every predicate node holds the same state
-        return weights.sum(dim=1, keepdim=True) * h_pred[:, 0]
-    # A batched gemv; measured faster on an H100 than a mul-sum, also when inductor fuses that into the update.
-    return torch.bmm(weights[:, None, :], h_pred).squeeze(1)
-
-
 class RelationRouting(nn.Module):
     """Relation logits [R, P] for R candidate pairs.
 
@@ -134,10 +126,12 @@ class RelationRouting(nn.Module):
         w_outgoing = self.update.message_weight(slice(d, 2 * d))
 
         h_so, h_pred = h_so_0, h_pred_0  # h_pred broadcasts over the P nodes until the first update
+        pred_sum = weights.sum(dim=1, keepdim=True) * h_pred_0[:, 0]  # [R, D]: sum_k a_k h_k
         for _ in range(self.num_steps):
             pred_terms = F.linear(h_so.sum(dim=1), w_incoming)[:, None, :]  # [R, 1, 3D], times a_k per node
-            so_terms = F.linear(_weighted_predicate_sum(weights, h_pred), w_outgoing)[:, None, :]  # same for s, o
-            h_so, h_pred = self.update.update(h_so, so_terms), self.update.update(h_pred, pred_terms, scale)
+            so_terms = F.linear(pred_sum, w_outgoing)[:, None, :]  # the same for s and o
+            h_so = self.update.update(h_so, so_terms)
+            h_pred, pred_sum = self.update.update(h_pred, pred_terms, scale, weighted_sum=True)
         h_pred = h_pred.expand(r, p, d)
 
         # W_o [h_T ; h_0] = W_o,T h_T + W_o,0 h_0: the h_0 half once per pair for the predicate nodes.
