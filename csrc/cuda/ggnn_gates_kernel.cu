@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "ggnn_gates.h"
 
@@ -43,6 +44,11 @@ __device__ __forceinline__ T warp_sum(T v) {
     v += __shfl_down_sync(0xffffffffu, v, offset);
   }
   return v;
+}
+
+// row / K, in 32 bits where it fits (a 64-bit division is a long instruction sequence).
+__device__ __forceinline__ int64_t pair_of_row(int64_t row, int64_t K) {
+  return row <= UINT32_MAX ? static_cast<int64_t>(static_cast<uint32_t>(row) / static_cast<uint32_t>(K)) : row / K;
 }
 
 // Launch shape of the forward kernels: threadIdx.x along the packs of a row, threadIdx.y over rows.
@@ -81,7 +87,7 @@ __global__ void ggnn_gates_kernel(
   if (row >= rows) {
     return;
   }
-  const int64_t r = row / K;
+  const int64_t r = pair_of_row(row, K);
   const scalar_t* s_row = state + (state_broadcast ? r : row) * 2 * D;
   const scalar_t* m_row = message + r * message_stride;
   const scalar_t* h_row = states + (h_broadcast ? r : row) * D;
@@ -126,7 +132,7 @@ __global__ void ggnn_blend_kernel(
   if (row >= rows) {
     return;
   }
-  const int64_t r = row / K;
+  const int64_t r = pair_of_row(row, K);
   const scalar_t* m_row = message + r * message_stride;
   const scalar_t* h_row = states + (h_broadcast ? r : row) * D;
   const acc_t s = scales ? acc_t(scales[row]) : acc_t(1);
