@@ -90,17 +90,6 @@ def load_ops():
 # pair_union imports this module, hence the imports of its checks inside the functions.
 
 
-def _check_features(op: str, features: torch.Tensor, boxes: torch.Tensor):
-    if features.dim() != 4:
-        raise ValueError(f"{op}: features must be [B, C, H, W], got shape {tuple(features.shape)}")
-    if not features.is_floating_point():
-        raise ValueError(f"{op}: features must be a floating-point tensor, got {features.dtype}")
-    if features.device != boxes.device:
-        raise ValueError(
-            f"{op}: features and boxes must be on the same device, got {features.device} and {boxes.device}"
-        )
-
-
 def _check_spatial_size(op: str, num_pairs, height, width):
     # Only a problem when there are pairs to pool; the pair count is tested last (and as a deferred check) since
     # under tracing it can be a data-dependent size.
@@ -111,7 +100,7 @@ def _check_spatial_size(op: str, num_pairs, height, width):
 @fake_kernel("kern_d2::pair_union_roi_align")
 def _pair_union_roi_align_fake(features, boxes, pair_idx, output_size, spatial_scale, sampling_ratio, aligned):
     """[M, C, n, n] in the dtype and on the device of ``features``."""
-    from .pair_union import _check_layout
+    from .pair_union import _check_features, _check_layout
 
     op = "pair_union_roi_align"
     _check_features(op, features, boxes)

@@ -47,6 +47,18 @@ def _check_layout(op: str, boxes: torch.Tensor, box_width: int, pair_idx: torch.
         raise ValueError(f"{op}: {size_name} must be positive, got {size}")
 
 
+def _check_features(op: str, features: torch.Tensor, boxes: torch.Tensor):
+    """Feature-map checks of the union RoIAlign, shared by the wrapper and its fake kernel (no device sync)."""
+    if features.dim() != 4:
+        raise ValueError(f"{op}: features must be [B, C, H, W], got shape {tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise ValueError(f"{op}: features must be a floating-point tensor, got {features.dtype}")
+    if features.device != boxes.device:
+        raise ValueError(
+            f"{op}: features and boxes must be on the same device, got {features.device} and {boxes.device}"
+        )
+
+
 def union_boxes(boxes: torch.Tensor, pair_idx: torch.Tensor) -> torch.Tensor:
     """
     Args:
@@ -141,10 +153,7 @@ def pair_union_roi_align(
     Returns:
         [M, C, n, n] in the dtype of ``features``.
     """
-    if features.dim() != 4:
-        raise ValueError(f"pair_union_roi_align: features must be [B, C, H, W], got shape {tuple(features.shape)}")
-    if not features.is_floating_point():
-        raise ValueError(f"pair_union_roi_align: features must be a floating-point tensor, got {features.dtype}")
+    _check_features("pair_union_roi_align", features, boxes)
     size = _square_size(output_size)
     _check_layout("pair_union_roi_align", boxes, 5, pair_idx, size, "output_size")
     return _ops().pair_union_roi_align(
