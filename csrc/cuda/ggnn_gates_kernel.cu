@@ -113,6 +113,33 @@ __global__ void ggnn_gates_kernel(
   }
 }
 
+// One pack of the blend, h' = h + z (tanh(S_h + s M_h) - h): stores h' to out and the candidate tanh(...) to
+// candidate_out (when not null); returns h' in acc_t (for a weighted sum).
+template <int N, typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+__device__ __forceinline__ Pack<acc_t, N> blend_pack(
+    const Pack<scalar_t, N>& sh,
+    const Pack<scalar_t, N>& mh,
+    acc_t s,
+    const Pack<scalar_t, N>& zz,
+    const Pack<scalar_t, N>& hh,
+    scalar_t* out,
+    scalar_t* candidate_out) {
+  Pack<scalar_t, N> h_new, candidate;
+  Pack<acc_t, N> value;
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    const acc_t c = detail::ggnn_tanh(acc_t(sh.v[j]) + s * acc_t(mh.v[j]));
+    value.v[j] = detail::blend_value<acc_t>(c, zz.v[j], hh.v[j]);
+    h_new.v[j] = value.v[j];
+    candidate.v[j] = c;
+  }
+  store_pack<N>(out, h_new);
+  if (candidate_out) {
+    store_pack<N>(candidate_out, candidate);
+  }
+  return value;
+}
+
 template <typename scalar_t, int N>
 __global__ void ggnn_blend_kernel(
     const scalar_t* __restrict__ state,
@@ -139,18 +166,8 @@ __global__ void ggnn_blend_kernel(
   for (int64_t d = threadIdx.x * N; d < D; d += blockDim.x * N) {
     const int64_t i = row * D + d;
     const auto sh = load_pack<N>(state + i), mh = load_pack<N>(m_row + d);
-    const auto zz = load_pack<N>(zs + i), hh = load_pack<N>(h_row + d);
-    Pack<scalar_t, N> h_new, candidate;
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      const acc_t c = detail::ggnn_tanh(acc_t(sh.v[j]) + s * acc_t(mh.v[j]));
-      h_new.v[j] = detail::blend_value<acc_t>(c, zz.v[j], hh.v[j]);
-      candidate.v[j] = c;
-    }
-    store_pack<N>(out + i, h_new);
-    if (candidate_out) {
-      store_pack<N>(candidate_out + i, candidate);
-    }
+    blend_pack<N>(sh, mh, s, load_pack<N>(zs + i), load_pack<N>(h_row + d), out + i,
+                  candidate_out ? candidate_out + i : nullptr);
   }
 }
 
@@ -182,20 +199,12 @@ __global__ void ggnn_blend_sum_kernel(
     for (int64_t k = 0; k < K; ++k) {
       const int64_t row = r * K + k, i = row * D + d;
       const acc_t s = acc_t(scales[row]);
-      const auto sh = load_pack<N>(state + i), zz = load_pack<N>(zs + i);
-      const auto hh = load_pack<N>(states + (h_broadcast ? r : row) * D + d);
-      Pack<scalar_t, N> h_new, candidate;
+      const auto h_new = blend_pack<N>(load_pack<N>(state + i), mh, s, load_pack<N>(zs + i),
+                                       load_pack<N>(states + (h_broadcast ? r : row) * D + d), out + i,
+                                       candidate_out ? candidate_out + i : nullptr);
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        const acc_t c = detail::ggnn_tanh(acc_t(sh.v[j]) + s * acc_t(mh.v[j]));
-        const acc_t value = detail::blend_value<acc_t>(c, zz.v[j], hh.v[j]);
-        h_new.v[j] = value;
-        candidate.v[j] = c;
-        sum[j] += s * value;
-      }
-      store_pack<N>(out + i, h_new);
-      if (candidate_out) {
-        store_pack<N>(candidate_out + i, candidate);
+        sum[j] += s * h_new.v[j];
       }
     }
     Pack<scalar_t, N> sums;

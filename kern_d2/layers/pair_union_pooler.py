@@ -94,7 +94,16 @@ class PairUnionPooler(nn.Module):
         if batch_size == 0:
             return features[0].new_zeros((0, channels, size, size))
         rois, pairs = self._pooler_format(boxes, pair_idxs, features[0].device)
+        if not torch.compiler.is_compiling():
+            # (s, o) and (o, s) share their union box: pool it once (all-pairs inference has every pair twice).
+            unordered, inverse = _unordered_pairs(pairs, rois.shape[0])
+            if unordered.shape[0] < pairs.shape[0]:
+                return self._pool_levels(features, rois, unordered).index_select(0, inverse)
+        return self._pool_levels(features, rois, pairs)
 
+    def _pool_levels(self, features: List[torch.Tensor], rois: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        """[M, C, n, n] for pairs [M, 2] into rois [K, 5], each pair from the level of its union box."""
+        channels, size = features[0].shape[1], self.output_size
         if len(self.scales) == 1:
             return self._pool(features[0], self.scales[0], rois, pairs)
         levels = assign_boxes_to_levels(
@@ -142,3 +151,11 @@ class PairUnionPooler(nn.Module):
         rois = torch.cat(box_tensors).to(device)
         pairs = torch.cat(pair_tensors).to(device)
         return rois, pairs
+
+
+def _unordered_pairs(pairs: torch.Tensor, num_boxes: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The distinct unordered pairs of ``pairs`` [M, 2] (rows into ``num_boxes`` boxes) as [U, 2] (smaller index
+    first) and, per pair, the row of its unordered pair (int64 [M]). One device sync (the size U)."""
+    lo, hi = pairs.min(dim=1).values, pairs.max(dim=1).values
+    keys, inverse = torch.unique(lo * num_boxes + hi, return_inverse=True)
+    return torch.stack([keys // num_boxes, keys % num_boxes], dim=1), inverse
