@@ -70,17 +70,17 @@ for target in "${selected[@]}"; do
   case $target in
     tests)
       run tests python3 -m pytest -q -p no:cacheprovider tests/test_box_pair_masks.py \
-        tests/test_pair_union_roi_align.py tests/test_pair_union_pooler.py tests/test_ggnn_gates.py tests/test_ggnn_gemm.py \
+        tests/test_pair_union_roi_align.py tests/test_pair_union_pooler.py tests/test_ggnn_gates.py \
         tests/test_object_routing.py tests/test_relation_routing.py tests/test_op_registration.py tests/test_nms_topk.py tests/test_detections.py \
         -k "not invalid" ;;  # on the device's torch 2.11 build a C++ TORCH_CHECK failure kills the process
     union)
       run union python3 benchmarks/bench_union_op.py ;;
     gates)
-      run gates python3 benchmarks/bench_gate_kernels.py --sweep ;;
+      run gates python3 benchmarks/bench_gate_kernels.py ;;
     routing)
-      run routing python3 benchmarks/bench_routing.py --gates auto,fused,eager --literal-repeats 3 ;;
+      run routing python3 benchmarks/bench_routing.py --gates fused,eager --literal-repeats 3 ;;
     routing-compile)
-      run routing-compile python3 benchmarks/bench_routing.py --compile --gates auto,compile --literal-repeats 2 ;;
+      run routing-compile python3 benchmarks/bench_routing.py --compile --gates fused,compile --literal-repeats 2 ;;
     step)
       run step python3 benchmarks/bench_train_step.py --device cuda ;;
     infer)
@@ -91,7 +91,7 @@ for target in "${selected[@]}"; do
     toy)
       run toy toy_training ;;
     profile)
-      run profile python3 benchmarks/bench_routing.py --only relation --gates auto --repeats 10 --profile
+      run profile python3 benchmarks/bench_routing.py --only relation --gates fused --repeats 10 --profile
       run profile python3 benchmarks/bench_train_step.py --device cuda --repeats 5 --profile
       run profile python3 benchmarks/bench_sgdet_inference.py --device cuda --chunks 4096 --overlap off --repeats 5 \
         --no-d2-default --profile ;;

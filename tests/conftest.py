@@ -5,12 +5,6 @@ from typing import List, Sequence
 import cv2
 import numpy as np
 import pytest
-import torch
-
-if not torch.cuda.is_available():
-    # The Triton kernels (kern_d2.layers.ggnn_gemm) then run in Triton's interpreter on CPU tensors. It has to be
-    # chosen before triton is first imported.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kern_d2.data.toy import generate_toy_dataset
 from kern_d2.data.vg_format import (

@@ -14,13 +14,10 @@ in ``gate_bias`` so that the ``W a`` terms stay linear in ``a``: the relation ro
 per-pair term by a per-node weight instead of multiplying every node's message.
 
 The elementwise arithmetic around the matmuls (``gate_impl``) runs as
-- "auto" (default): "gemm_epilogue" on CUDA tensors when Triton is installed, else "fused" on CUDA tensors;
-  "eager" on CPU ones (ATen's vectorised CPU ops beat the fused CPU kernel, which is kept as the reference
-  implementation of the CUDA one);
+- "auto" (default): "fused" on CUDA tensors, "eager" on CPU ones (ATen's vectorised CPU ops beat the fused CPU
+  kernel, which is kept as the reference implementation of the CUDA one);
 - "fused": the kernels of :mod:`kern_d2.layers.ggnn_gates` (kern_d2._C, CPU and CUDA) where a message term is shared
   by a group of nodes (the relation routing), the PyTorch form elsewhere (per-node messages: the object routing);
-- "gemm_epilogue": where no gradient is needed (inference), the GEMMs over the nodes and the gate arithmetic in one
-  Triton kernel each (:mod:`kern_d2.layers.ggnn_gemm`; CUDA only); otherwise as "fused";
 - "eager": plain PyTorch ops;
 - "compile": the PyTorch ops under ``torch.compile`` (generated Triton kernels on CUDA).
 """
@@ -31,11 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kern_d2.layers.ggnn_gates import ggnn_blend, ggnn_gates
-from kern_d2.layers.ggnn_gemm import MAX_NODES_PER_PAIR, blend_gemm, gates_gemm, gemm_epilogues_available
 
 __all__ = ["GATE_IMPLS", "GatedGraphUpdate", "update_and_reset_gates", "blend_candidate"]
 
-GATE_IMPLS = ("auto", "fused", "gemm_epilogue", "eager", "compile")
+GATE_IMPLS = ("auto", "fused", "eager", "compile")
 
 
 def _with_message(state: torch.Tensor, message: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
@@ -110,15 +106,6 @@ class GatedGraphUpdate(nn.Module):
         self._gates_fn = torch.compile(update_and_reset_gates, **compile_kwargs)
         self._blend_fn = torch.compile(blend_candidate, **compile_kwargs)
 
-    def uses_gemm_epilogues(self, *inputs: torch.Tensor) -> bool:
-        """Whether an update of ``inputs`` runs the GEMMs with the gate arithmetic as epilogue: gate_impl
-        "gemm_epilogue" (or "auto" with Triton), tensors the kernels can run on, no gradient needed, not traced."""
-        impl_ok = self.gate_impl == "gemm_epilogue" or (self.gate_impl == "auto" and inputs[0].is_cuda)
-        if not impl_ok or not gemm_epilogues_available(inputs[0]) or torch.compiler.is_compiling():
-            return False
-        tensors = list(inputs) + list(self.parameters())
-        return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-
     def state_gate_weight(self) -> torch.Tensor:
         """[2D, D]: U_z stacked on U_r (U_z twice with ``released_code_gate``)."""
         weight = self.state_gates.weight
@@ -146,22 +133,14 @@ class GatedGraphUpdate(nn.Module):
         (groups [R, K, D] and ``scale`` [R, K, 1]) also returns sum_k scale_k h'_k [R, D].
         """
         d = self.hidden_dim
-        fused = self.gate_impl in ("fused", "gemm_epilogue") or (self.gate_impl == "auto" and h.is_cuda)
+        state_zr = F.linear(h, self.state_gate_weight(), self.gate_bias)
+        fused = self.gate_impl == "fused" or (self.gate_impl == "auto" and h.is_cuda)
         if fused and _shared_message(h, message_terms):
             message = message_terms[:, 0]  # [R, 3D]; the kernels read its column slices in place
             node_scale = None if scale is None else scale[..., 0]  # [R, K]
             num_nodes = h.shape[1] if node_scale is None else max(h.shape[1], node_scale.shape[1])
-            use_gemm = self.uses_gemm_epilogues(h, message_terms) and num_nodes <= MAX_NODES_PER_PAIR
-            if use_gemm and h.shape[1] == num_nodes:
-                z, reset_h = gates_gemm(h, self.state_gate_weight(), self.gate_bias, message, node_scale)
-            else:  # also when h is one state per pair (the first step): then U h is only computed per pair
-                state_zr = F.linear(h, self.state_gate_weight(), self.gate_bias)
-                z, reset_h = ggnn_gates(state_zr, message[:, : 2 * d], h, node_scale, num_nodes)
-            if use_gemm:
-                weight, bias = self.candidate.weight, self.candidate.bias
-                return blend_gemm(reset_h, weight, bias, message[:, 2 * d :], z, h, node_scale, weighted_sum)
+            z, reset_h = ggnn_gates(state_zr, message[:, : 2 * d], h, node_scale, num_nodes)
             return ggnn_blend(self.candidate(reset_h), message[:, 2 * d :], z, h, node_scale, weighted_sum)
-        state_zr = F.linear(h, self.state_gate_weight(), self.gate_bias)
         z, reset_h = self._gates_fn(message_terms[..., : 2 * d], state_zr, h, scale)
         h_new = self._blend_fn(message_terms[..., 2 * d :], self.candidate(reset_h), z, h, scale)
         if not weighted_sum:

@@ -15,8 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kern_d2.layers.ggnn_gemm import pair_bias_relu_gemm
-
 from .ggnn import GATE_IMPLS, GatedGraphUpdate
 
 __all__ = ["RelationRouting"]
@@ -33,8 +31,8 @@ class RelationRouting(nn.Module):
         output_dim: size of each node's output o = ReLU(W_o [h_T ; h_0]).
         num_steps: T, the number of propagation steps.
         released_code_gate: reuse U_z in the reset gate, as KERN's released code does.
-        gate_impl: how the GGNN's elementwise gate arithmetic runs ("auto", "fused", "gemm_epilogue", "eager" or
-            "compile"; see :mod:`kern_d2.modeling.ggnn`).
+        gate_impl: how the GGNN's elementwise gate arithmetic runs ("auto", "fused", "eager" or "compile"; see
+            :mod:`kern_d2.modeling.ggnn`).
     """
 
     def __init__(
@@ -139,11 +137,7 @@ class RelationRouting(nn.Module):
         # W_o [h_T ; h_0] = W_o,T h_T + W_o,0 h_0: the h_0 half once per pair for the predicate nodes.
         w_t, w_0 = self.output.weight[:, :d], self.output.weight[:, d:]
         out_so = F.relu(F.linear(h_so, w_t) + F.linear(h_so_0, w_0, self.output.bias))  # [R, 2, O]
-        pred_bias = F.linear(h_pred_0[:, 0], w_0, self.output.bias)  # [R, O]
-        if self.num_steps > 0 and self.update.uses_gemm_epilogues(h_pred):
-            out_pred = pair_bias_relu_gemm(h_pred, w_t, pred_bias)  # [R, P, O]
-        else:
-            out_pred = F.relu(F.linear(h_pred, w_t) + pred_bias[:, None, :])
+        out_pred = F.relu(F.linear(h_pred, w_t) + F.linear(h_pred_0, w_0, self.output.bias))  # [R, P, O]
         # The classifier over the node outputs in the order s, o, predicates, without concatenating them, computed
         # transposed (W @ nodes^T, [P, R]): for this skinny product cuBLAS is ~3x faster that way round (H100).
         split = 2 * out_so.shape[2]
