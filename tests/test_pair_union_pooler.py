@@ -118,7 +118,7 @@ def test_invalid_inputs_raise():
 
 
 @pytest.mark.parametrize("num_levels", [1, 3])
-def test_both_orders_of_a_pair_are_pooled_once(num_levels):
+def test_inference_pools_both_orders_of_a_pair_once(num_levels):
     features, boxes, _ = make_batch(num_levels=num_levels)
     k = boxes[0].shape[0]
     all_pairs = torch.tensor([(s, o) for s in range(k) for o in range(k) if s != o])  # 30 ordered, 15 unordered
@@ -128,10 +128,15 @@ def test_both_orders_of_a_pair_are_pooled_once(num_levels):
     pooled_rows = []
     pool = pooler._pool
     pooler._pool = lambda x, scale, rois, pairs: pooled_rows.append(pairs.shape[0]) or pool(x, scale, rois, pairs)
-    out, grads = pooled_with_grads(pooler, features, boxes, pair_idxs)
-    ref, ref_grads = pooled_with_grads(lambda x, b, p: reference(x, b, p, scales), features, boxes, pair_idxs)
+    with torch.no_grad():  # inference: each unordered pair once
+        out = pooler(features, boxes, pair_idxs)
     assert sum(pooled_rows) == 15 + 3
     assert out.shape == (34, 4, 7, 7)
+    assert_close(out, reference(features, boxes, pair_idxs, scales), rtol=1e-5, atol=1e-5)
+    pooled_rows.clear()  # with gradients: every pair
+    out, grads = pooled_with_grads(pooler, features, boxes, pair_idxs)
+    ref, ref_grads = pooled_with_grads(lambda x, b, p: reference(x, b, p, scales), features, boxes, pair_idxs)
+    assert sum(pooled_rows) == 34
     assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for grad, ref_grad in zip(grads, ref_grads):
         assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)

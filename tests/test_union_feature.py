@@ -2,6 +2,7 @@
 the reference rectangle masks and the spatial encoder."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.testing import assert_close
 
 from detectron2.layers import ShapeSpec
@@ -117,3 +118,24 @@ def test_bf16_autocast_close_to_fp32():
         out = extractor(features, boxes, pairs)
     assert out.dtype == torch.bfloat16
     assert_close(out.float(), reference, rtol=0.05, atol=0.05)
+
+
+def test_spatial_encoder_is_conv_relu_pool_conv_relu():
+    """conv1's bias and the ReLU after the max-pool, channels_last (as the encoder runs it), equal the definition's
+    order, values and gradients."""
+    torch.manual_seed(0)
+    encoder = SpatialMaskEncoder(out_channels=8, resolution=4).double()
+    masks = (torch.rand(5, 2, 15, 15, dtype=torch.float64) > 0.5).double()
+
+    def definition(x):
+        x = F.max_pool2d(F.relu(encoder.conv1(x)), 3, stride=2, padding=1)
+        return F.relu(encoder.conv2(x))
+
+    out = encoder(masks)
+    ref = definition(masks)
+    assert out.shape == (5, 8, 4, 4)
+    torch.testing.assert_close(out, ref)
+    grads = torch.autograd.grad(out.sum(), list(encoder.parameters()))
+    ref_grads = torch.autograd.grad(ref.sum(), list(encoder.parameters()))
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad)

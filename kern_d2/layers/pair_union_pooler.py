@@ -94,8 +94,9 @@ class PairUnionPooler(nn.Module):
         if batch_size == 0:
             return features[0].new_zeros((0, channels, size, size))
         rois, pairs = self._pooler_format(boxes, pair_idxs, features[0].device)
-        if not torch.compiler.is_compiling():
-            # (s, o) and (o, s) share their union box: pool it once (all-pairs inference has every pair twice).
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # Inference: (s, o) and (o, s) share their union box, so pool it once (all-pairs SGDet has every pair
+            # twice). Not in training, where few sampled pairs repeat and the extra device sync would cost more.
             unordered, inverse = _unordered_pairs(pairs, rois.shape[0])
             if unordered.shape[0] < pairs.shape[0]:
                 return self._pool_levels(features, rois, unordered).index_select(0, inverse)

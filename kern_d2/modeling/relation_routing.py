@@ -122,8 +122,9 @@ class RelationRouting(nn.Module):
         h_pred_0 = self.union_proj(union_features)[:, None, :]  # [R, 1, D]
         weights = edge_weights.to(h_pred_0.dtype)  # keep the [R, P, *] gate arithmetic in the compute dtype
         scale = weights[:, :, None]  # [R, P, 1]
-        w_incoming = self.update.message_weight(slice(0, d))  # [3D, D]
-        w_outgoing = self.update.message_weight(slice(d, 2 * d))
+        # Weight slices used at every step, cast once to the compute dtype (autocast would cast them at every use).
+        w_incoming = self.update.message_weight(slice(0, d)).to(h_pred_0.dtype)  # [3D, D]
+        w_outgoing = self.update.message_weight(slice(d, 2 * d)).to(h_pred_0.dtype)
 
         h_so, h_pred = h_so_0, h_pred_0  # h_pred broadcasts over the P nodes until the first update
         pred_sum = weights.sum(dim=1, keepdim=True) * h_pred_0[:, 0]  # [R, D]: sum_k a_k h_k
@@ -135,9 +136,11 @@ class RelationRouting(nn.Module):
         h_pred = h_pred.expand(r, p, d)
 
         # W_o [h_T ; h_0] = W_o,T h_T + W_o,0 h_0: the h_0 half once per pair for the predicate nodes.
-        w_t, w_0 = self.output.weight[:, :d], self.output.weight[:, d:]
-        out_so = F.relu(F.linear(h_so, w_t) + F.linear(h_so_0, w_0, self.output.bias))  # [R, 2, O]
-        out_pred = F.relu(F.linear(h_pred, w_t) + F.linear(h_pred_0, w_0, self.output.bias))  # [R, P, O]
+        w_t, w_0 = self.output.weight[:, :d].to(h_pred.dtype), self.output.weight[:, d:].to(h_pred.dtype)
+        # In place after the GEMM: the [R, P, O] outputs are the largest tensors here (neither op's backward needs
+        # the GEMM's result).
+        out_so = F.linear(h_so, w_t).add_(F.linear(h_so_0, w_0, self.output.bias)).relu_()  # [R, 2, O]
+        out_pred = F.linear(h_pred, w_t).add_(F.linear(h_pred_0, w_0, self.output.bias)).relu_()  # [R, P, O]
         # The classifier over the node outputs in the order s, o, predicates, without concatenating them, computed
         # transposed (W @ nodes^T, [P, R]): for this skinny product cuBLAS is ~3x faster that way round (H100).
         split = 2 * out_so.shape[2]
