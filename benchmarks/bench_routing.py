@@ -128,6 +128,10 @@ def relation_variants(s, device, args) -> List[Variant]:
         module = relation_module(s, device, state, gate_impl=impl)
         name = f"ours, gate {impl}" + (DEFAULT_SUFFIX if impl == DEFAULT_GATE else "")
         variants.append(Variant(name, module, module))
+    if device.type == "cuda" and DEFAULT_GATE in args.gates:
+        # INFERENCE_CUDA_GRAPHS: (3a) replays CUDA graphs; (3b) needs gradients, so it runs as without.
+        module = relation_module(s, device, state, gate_impl=DEFAULT_GATE, inference_cuda_graphs=True)
+        variants.append(Variant(f"ours, gate {DEFAULT_GATE} + INFERENCE_CUDA_GRAPHS", module, module, cuda_graphs=True))
     if args.compile:
         # Inductor fuses the gate arithmetic itself: the module it compiles keeps the gates in PyTorch ops.
         module = relation_module(s, device, state, gate_impl="eager")

@@ -22,6 +22,7 @@ Targets: KERN images/s >= 0.6 x the reference detector's, peak <= 16 GB.
     python benchmarks/bench_sgdet_inference.py --device cpu --tiny   # quick CPU check of the code paths
 """
 import argparse
+import itertools
 
 import torch
 
@@ -60,6 +61,8 @@ def parse_args(argv=None):
     parser.add_argument("--chunks", default="4096,8192", help="INFERENCE_PAIR_CHUNK values to time (comma-separated)")
     parser.add_argument("--overlap", choices=["both", "off", "on"], default="both",
                         help="REQUIRE_OVERLAP settings to time: off = all pairs (worst case), on = overlapping only")
+    parser.add_argument("--cuda-graphs", choices=["both", "off", "on"], default="both",
+                        help="INFERENCE_CUDA_GRAPHS settings to time (on: CUDA only)")
     parser.add_argument("--no-d2-default", action="store_true",
                         help="skip the extra row (Detectron2's default post-processing: slow, see above)")
     parser.add_argument("--profile", action="store_true",
@@ -75,6 +78,7 @@ def parse_args(argv=None):
     if not args.chunks or min(args.chunks) <= 0:
         parser.error("--chunks: give at least one positive chunk size")
     args.overlaps = {"both": [False, True], "off": [False], "on": [True]}[args.overlap]
+    args.graphs = {"both": [False, True], "off": [False], "on": [True]}[args.cuda_graphs]
     return args
 
 
@@ -132,7 +136,7 @@ def d2_default_detector(cfg, batch, inputs, device, args):
     boxes, counts = boxes_of(outputs), detection_counts(outputs)
     del detector, outputs
     release(device)
-    row = [D2_DEFAULT, "-", "-", "-", f"{res.median_ms:.1f}", f"{images_per_s(len(inputs), res.median_ms):.1f}",
+    row = [D2_DEFAULT, "-", "-", "-", "-", f"{res.median_ms:.1f}", f"{images_per_s(len(inputs), res.median_ms):.1f}",
            format_gb(res.peak_gb), "-", "-"]
     return row, f"{D2_DEFAULT}: detections/image {counts}", boxes, state
 
@@ -174,7 +178,7 @@ def main(argv=None):
     outputs, ref = timed_case(detect, device, args)
     ref_ips = images_per_s(sizes.images, ref.median_ms)
     ref_boxes = boxes_of(outputs)
-    table.append([REFERENCE, "-", "-", "-", f"{ref.median_ms:.1f}", f"{ref_ips:.1f}", format_gb(ref.peak_gb),
+    table.append([REFERENCE, "-", "-", "-", "-", f"{ref.median_ms:.1f}", f"{ref_ips:.1f}", format_gb(ref.peak_gb),
                   "1.00 (ref)", "-"])
     notes.append(f"{REFERENCE}: detections/image {detection_counts(outputs)}"
                  + ("" if d2_boxes is None else f" (same boxes as Detectron2's: {same_boxes(ref_boxes, d2_boxes)})"))
@@ -184,33 +188,35 @@ def main(argv=None):
 
     infer = make_inference(model, inputs, device, args.amp)
     heads = model.roi_heads
-    for require_overlap in args.overlaps:
-        for chunk in args.chunks:
-            # The two settings are read at every call (the config keys REQUIRE_OVERLAP, INFERENCE_PAIR_CHUNK).
-            heads.require_overlap, heads.inference_pair_chunk = require_overlap, chunk
-            outputs, res = timed_case(infer, device, args)
-            pairs = [len(o["instances"].rel_pair_idxs) for o in outputs]
-            ips = images_per_s(sizes.images, res.median_ms)
-            ratio = ips / ref_ips
-            met = targets_met([
-                (f"ratio < {MIN_RATIO:g}", ratio >= MIN_RATIO),
-                (f"peak > {MAX_PEAK_GB:g} GB", None if res.peak_gb is None else res.peak_gb <= MAX_PEAK_GB),
-            ])
-            overlap = "on" if require_overlap else "off"
-            table.append(["KERN SGDet", overlap, str(chunk), f"{sum(pairs) / len(pairs):.0f}", f"{res.median_ms:.1f}",
-                          f"{ips:.1f}", format_gb(res.peak_gb), f"{ratio:.2f}", met])
-            notes.append(
-                f"KERN overlap {overlap}, chunk {chunk}: detections/image {detection_counts(outputs)} (same boxes as "
-                f"the reference detector: {same_boxes(boxes_of(outputs), ref_boxes)}), pairs/image "
-                f"{min(pairs)}-{max(pairs)}"
-            )
-            if args.profile and len(profiles) < 2:
-                profiles.append((f"KERN SGDet inference, overlap {overlap}, chunk {chunk}",
-                                 profile_top_ops(infer, device)))
-            del outputs
+    graphs_settings = args.graphs if device.type == "cuda" else [False]
+    for graphs, require_overlap, chunk in itertools.product(graphs_settings, args.overlaps, args.chunks):
+        # The settings are read at every call (REQUIRE_OVERLAP, INFERENCE_PAIR_CHUNK, INFERENCE_CUDA_GRAPHS).
+        heads.require_overlap, heads.inference_pair_chunk = require_overlap, chunk
+        heads.relation_head.routing.inference_cuda_graphs = graphs
+        outputs, res = timed_case(infer, device, args)
+        pairs = [len(o["instances"].rel_pair_idxs) for o in outputs]
+        ips = images_per_s(sizes.images, res.median_ms)
+        ratio = ips / ref_ips
+        met = targets_met([
+            (f"ratio < {MIN_RATIO:g}", ratio >= MIN_RATIO),
+            (f"peak > {MAX_PEAK_GB:g} GB", None if res.peak_gb is None else res.peak_gb <= MAX_PEAK_GB),
+        ])
+        overlap, graphs = ("on" if require_overlap else "off"), ("on" if graphs else "off")
+        table.append(["KERN SGDet", graphs, overlap, str(chunk), f"{sum(pairs) / len(pairs):.0f}",
+                      f"{res.median_ms:.1f}", f"{ips:.1f}", format_gb(res.peak_gb), f"{ratio:.2f}", met])
+        notes.append(
+            f"KERN CUDA graphs {graphs}, overlap {overlap}, chunk {chunk}: detections/image "
+            f"{detection_counts(outputs)} (same boxes as the reference detector: "
+            f"{same_boxes(boxes_of(outputs), ref_boxes)}), pairs/image {min(pairs)}-{max(pairs)}"
+        )
+        if args.profile and len(profiles) < 2:
+            profiles.append((f"KERN SGDet inference, CUDA graphs {graphs}, overlap {overlap}, chunk {chunk}",
+                             profile_top_ops(infer, device)))
+        del outputs
     print()
     print(format_table(
-        ["case", "overlap", "chunk", "pairs/img", "ms/batch", "images/s", "peak GB", "ratio KERN/ref", "target met?"],
+        ["case", "CUDA graphs", "overlap", "chunk", "pairs/img", "ms/batch", "images/s", "peak GB", "ratio KERN/ref",
+         "target met?"],
         table,
     ))
     print(f"targets: images/s KERN / reference detector (KERN's detection post-processing) >= {MIN_RATIO:g}, "
