@@ -198,11 +198,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_gates_grads(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_blend_outputs(
     const at::Tensor& state_h, bool save_candidate, bool weighted_sum) {
-  const auto none = at::empty({0}, state_h.options());
+  // Distinct empty tensors for the outputs not asked for: outputs of a custom op must not alias each other.
   return {
       at::empty_like(state_h),
-      save_candidate ? at::empty_like(state_h) : none,
-      weighted_sum ? at::empty({state_h.size(0), state_h.size(2)}, state_h.options()) : none};
+      save_candidate ? at::empty_like(state_h) : at::empty({0}, state_h.options()),
+      weighted_sum ? at::empty({state_h.size(0), state_h.size(2)}, state_h.options())
+                   : at::empty({0}, state_h.options())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_blend_grads(
