@@ -2,14 +2,15 @@
 """KERN's two routings, ours against literal implementations of the same equations (tests/routing_reference.py).
 
   python benchmarks/bench_routing.py              # CUDA when available, else CPU at small sizes
-  python benchmarks/bench_routing.py --compile    # also ours under torch.compile (whole module, CUDA graphs)
+  python benchmarks/bench_routing.py --compile    # also torch.compile(mode="reduce-overhead") variants
   python benchmarks/bench_routing.py --profile    # + torch.profiler's top ops of the default relation routing
 
 (2) object routing, fp32 forward+backward: ours vs a per-object loop (N = 64, C = 151, D = 512, T = 3 on GPU).
 (3) relation routing, bf16 autocast: the batched literal form (six linear maps on all R x (P + 2) nodes, messages
     by bmm with the (P + 2) x (P + 2) adjacency) vs ours with each GGNN gate implementation (``gate_impl``: "fused"
-    = kern_d2._C's gate kernels, the default; "eager" = PyTorch ops; "compile" = the gate arithmetic under
-    torch.compile), P = 51, D = 512, T = 3; (3a) R = 4,032 forward (no_grad), (3b) R = 2,048 forward+backward.
+    = kern_d2._C's gate kernels, the default; "eager" = PyTorch ops; "compile" = the whole routing under
+    torch.compile), on CUDA also with INFERENCE_CUDA_GRAPHS, P = 51, D = 512, T = 3; (3a) R = 4,032 forward
+    (no_grad), (3b) R = 2,048 forward+backward.
     Errors: max |ours - literal| of the logits (R = 4,032) and of the parameter gradients (R = 2,048), both in fp32.
 Times are medians of repeats after warm-up, synchronised around each (so they include launch overhead); peak memory
 is the CUDA allocator's peak above the memory in use before the timed calls (inputs and the weights of every
@@ -128,15 +129,15 @@ def relation_variants(s, device, args) -> List[Variant]:
         module = relation_module(s, device, state, gate_impl=impl)
         name = f"ours, gate {impl}" + (DEFAULT_SUFFIX if impl == DEFAULT_GATE else "")
         variants.append(Variant(name, module, module))
-    if device.type == "cuda" and DEFAULT_GATE in args.gates:
+    for impl in [g for g in (DEFAULT_GATE, "compile") if g in args.gates and device.type == "cuda"]:
         # INFERENCE_CUDA_GRAPHS: (3a) replays CUDA graphs; (3b) needs gradients, so it runs as without.
-        module = relation_module(s, device, state, gate_impl=DEFAULT_GATE, inference_cuda_graphs=True)
-        variants.append(Variant(f"ours, gate {DEFAULT_GATE} + INFERENCE_CUDA_GRAPHS", module, module, cuda_graphs=True))
+        module = relation_module(s, device, state, gate_impl=impl, inference_cuda_graphs=True)
+        variants.append(Variant(f"ours, gate {impl} + INFERENCE_CUDA_GRAPHS", module, module, cuda_graphs=True))
     if args.compile:
-        # Inductor fuses the gate arithmetic itself: the module it compiles keeps the gates in PyTorch ops.
-        module = relation_module(s, device, state, gate_impl="eager")
-        variants.append(Variant("ours (eager gates) + torch.compile", torch.compile(module), module))
         if device.type == "cuda":
+            # torch.compile's own CUDA graphs (mode "reduce-overhead"), for comparison with INFERENCE_CUDA_GRAPHS;
+            # Inductor fuses the gate arithmetic itself: the module it compiles keeps the gates in PyTorch ops.
+            module = relation_module(s, device, state, gate_impl="eager")
             variants.append(Variant("ours (eager gates) + compile, CUDA graphs",
                                     torch.compile(module, mode="reduce-overhead"), module, cuda_graphs=True))
             # The fused gate kernels stay opaque custom ops (fake kernels) inside the compiled graph.
@@ -273,7 +274,8 @@ def bench_relation_routing(s, device, args):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compile", action="store_true",
-                        help="also time ours under torch.compile (whole module; on CUDA also with CUDA graphs)")
+                        help="also time the object routing under torch.compile and, on CUDA, the relation routing under "
+                             "torch.compile with its own CUDA graphs (mode reduce-overhead))")
     parser.add_argument("--gates",
                         help=f"gate implementations of ours to time (comma-separated subset of {','.join(GATE_IMPLS)}; "
                              f"default: all on CUDA, {','.join(CPU_GATES)} on CPU, where inductor's C++ builds take "

@@ -92,6 +92,21 @@ def test_gate_math_traces_whole_with_torch_compile():
     torch.testing.assert_close(module(*args), expected)
 
 
+def test_gate_impl_compile_traces_the_whole_routing():
+    # gate_impl "compile": the routing, gates in PyTorch ops, in one dynamo graph (aot_eager: autograd, no codegen).
+    module = make_routing(dtype=torch.float32)
+    args = inputs(3, dtype=torch.float32)
+    expected = module(*args)
+    module.compile_routing(backend="aot_eager", fullgraph=True)
+    assert module.update.gate_impl == "auto"  # make_routing's default; "compile" modules build theirs "eager"
+    out = module(*args)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    assert module.update.candidate.weight.grad is not None
+    compiled = RelationRouting(6, 9, 4, hidden_dim=8, output_dim=7, gate_impl="compile")
+    assert compiled.update.gate_impl == "eager" and compiled.gate_impl == "compile"
+
+
 def test_bad_shapes():
     module = make_routing()
     subj, obj, union, weights = inputs(3)

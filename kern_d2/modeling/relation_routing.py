@@ -33,8 +33,10 @@ class RelationRouting(nn.Module):
         output_dim: size of each node's output o = ReLU(W_o [h_T ; h_0]).
         num_steps: T, the number of propagation steps.
         released_code_gate: reuse U_z in the reset gate, as KERN's released code does.
-        gate_impl: how the GGNN's elementwise gate arithmetic runs ("auto", "fused", "eager" or "compile"; see
-            :mod:`kern_d2.modeling.ggnn`).
+        gate_impl: how the GGNN's elementwise gate arithmetic runs ("auto", "fused", "eager"; see
+            :mod:`kern_d2.modeling.ggnn`), or "compile": the whole routing (its GEMMs and the PyTorch gate
+            arithmetic) under ``torch.compile``, which fuses the gates into generated Triton kernels on CUDA (the
+            first call of a new size compiles, for tens of seconds).
         inference_cuda_graphs: without gradients on CUDA, run the routing through CUDA graphs captured per size
             bucket of 256 pairs (:class:`kern_d2.layers.GraphedRowFunction`): no launch gaps, same results. The
             graphs keep their own memory (about the peak of one call of the largest bucket).
@@ -60,7 +62,11 @@ class RelationRouting(nn.Module):
         self.num_steps = num_steps
         self.object_proj = nn.Linear(obj_dim, hidden_dim)
         self.union_proj = nn.Linear(union_dim, hidden_dim)
-        self.update = GatedGraphUpdate(hidden_dim, 2 * hidden_dim, released_code_gate, gate_impl)
+        # "compile" compiles the whole routing below, the gate arithmetic included, rather than the gates alone.
+        update_impl = "eager" if gate_impl == "compile" else gate_impl
+        self.update = GatedGraphUpdate(hidden_dim, 2 * hidden_dim, released_code_gate, update_impl)
+        self.gate_impl = gate_impl
+        self._compiled_route = None  # built at the first call with gate_impl "compile"
         self.output = nn.Linear(2 * hidden_dim, output_dim)  # W_o over [h_T ; h_0]
         self.classifier = nn.Linear((num_predicates + 2) * output_dim, num_predicates)
 
@@ -116,9 +122,13 @@ class RelationRouting(nn.Module):
             raise ValueError(f"RelationRouting: chunk_size must be positive, got {chunk_size}")
         r = subj_features.shape[0]
         route = self._route
+        if self.gate_impl == "compile" and not torch.compiler.is_compiling():
+            if self._compiled_route is None:
+                self.compile_routing()
+            route = self._compiled_route
         if self._uses_cuda_graphs(subj_features):
             if self._graphed_route is None:
-                self._graphed_route = GraphedRowFunction(self._route, self)
+                self._graphed_route = GraphedRowFunction(route, self)
             route = self._graphed_route
         if chunk_size is None or r <= chunk_size:
             return route(subj_features, obj_features, union_features, edge_weights)
@@ -129,6 +139,12 @@ class RelationRouting(nn.Module):
                 for i in range(0, r, chunk_size)
             ]
         )
+
+    def compile_routing(self, **compile_kwargs) -> None:
+        """Route through ``torch.compile`` (``gate_impl="compile"``; the arguments go to torch.compile)."""
+        self.gate_impl = "compile"
+        self._compiled_route = torch.compile(self._route, **compile_kwargs)
+        self._graphed_route = None  # graphs of the uncompiled routing would bypass it
 
     def _uses_cuda_graphs(self, x: torch.Tensor) -> bool:
         return (self.inference_cuda_graphs and x.is_cuda and x.shape[0] > 0 and not torch.is_grad_enabled()
