@@ -10,6 +10,8 @@
 #   tests            CUDA op, gate kernel and routing tests                                            ~1 min
 #   union            bench_union_op.py: 2 dtypes x 2 paths x (fwd, fwd+bwd) x 23 calls                 ~40 s
 #   gates            bench_gate_kernels.py: the fused gate kernels alone vs PyTorch ops                 ~15 s
+#   union-features   bench_union_features.py: all-pairs union pooling and mask encoder, as run vs
+#                    the forms they replaced                                                           ~15 s
 #   routing          bench_routing.py, gates fused + eager, no torch.compile; the object
 #                    routing's per-object loop (2.5 s a call) 4 calls                                  ~45 s
 #   routing-compile  bench_routing.py --compile, gates fused + compile: inductor builds of the
@@ -38,7 +40,7 @@ python3 -c "import torch, kern_d2._C as C; print('torch', torch.__version__, tor
 echo "setup: ${SECONDS} s"
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 step_images_per_s=${STEP_IMAGES_PER_S:-48}
-targets="tests union gates routing routing-compile step infer loading toy profile"
+targets="tests union union-features gates routing routing-compile step infer loading toy profile"
 
 # run TARGET COMMAND...: show COMMAND's output (stdout and stderr) and append it to $out/TARGET.txt, with its time
 run() {
@@ -75,6 +77,8 @@ for target in "${selected[@]}"; do
         -k "not invalid" ;;  # on the device's torch 2.11 build a C++ TORCH_CHECK failure kills the process
     union)
       run union python3 benchmarks/bench_union_op.py ;;
+    union-features)
+      run union-features python3 benchmarks/bench_union_features.py ;;
     gates)
       run gates python3 benchmarks/bench_gate_kernels.py ;;
     routing)

@@ -46,7 +46,8 @@ def add_kern_config(cfg):
     # The released KERN code reuses U_z in the reset gate; True reproduces that.
     rel.RELEASED_CODE_GATE = False
     # How the relation routing's elementwise GGNN gate arithmetic runs: "fused" (kern_d2._C kernels, CPU and
-    # CUDA), "eager" (plain PyTorch ops), "compile" (those ops under torch.compile), or "auto": fused on CUDA, eager
+    # CUDA), "eager" (plain PyTorch ops), "compile" (the whole routing, gates in PyTorch ops, under torch.compile:
+    # the fastest on CUDA, after a compile of tens of seconds per new input size), or "auto": fused on CUDA, eager
     # on CPU (where ATen's vectorised ops are faster). Same results.
     rel.GATE_IMPL = "auto"
     # Detector parts are frozen in KERN training, as in the paper.
