@@ -8,11 +8,10 @@ the PyTorch ops they replace, bf16, no_grad.
 Reports ms per call and the memory traffic the call cannot avoid (reads + writes of its [R, K, .] tensors) per
 second: the kernels are memory-bound, so that rate against the device's bandwidth shows the headroom.
 """
-import argparse
 
 import torch
 
-from common import environment_header, format_table, measure, resolve_device
+from common import environment_header, format_table, measure, parse_cpu_or_cuda_arguments
 from kern_d2.layers.ggnn_gates import ggnn_blend, ggnn_gates
 from kern_d2.modeling.ggnn import blend_candidate, update_and_reset_gates
 
@@ -44,11 +43,7 @@ def cases(pairs: int, nodes: int, dim: int, device: torch.device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cpu", action="store_true", help="small sizes on the CPU")
-    parser.add_argument("--repeats", type=int, default=50)
-    args = parser.parse_args()
-    device = resolve_device("cpu" if args.cpu else "auto")
+    args, device = parse_cpu_or_cuda_arguments(__doc__, repeats=50)
     pairs, nodes, dim = (4032, 51, 512) if device.type == "cuda" else (64, 51, 64)
     print(environment_header("Fused GGNN gate kernels vs the PyTorch ops they replace (bf16, no_grad)", device))
     print(f"R={pairs} pairs x K={nodes} nodes x D={dim}; median of {args.repeats} calls after 5 warm-up calls")

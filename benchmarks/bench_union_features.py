@@ -10,12 +10,11 @@ bf16 autocast, no_grad, side by side:
     python benchmarks/bench_union_features.py        # CUDA: 8 images ~600x1000, 64 boxes, 4,032 pairs each
     python benchmarks/bench_union_features.py --cpu  # small sizes (checks the code paths)
 """
-import argparse
 
 import torch
 import torch.nn.functional as F
 
-from common import environment_header, format_table, measure, resolve_device
+from common import environment_header, format_table, measure, parse_cpu_or_cuda_arguments
 from kern_d2.layers import PairUnionPooler
 from kern_d2.modeling.union_feature import SpatialMaskEncoder
 
@@ -28,11 +27,7 @@ def encoder_definition(encoder: SpatialMaskEncoder, masks: torch.Tensor) -> torc
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cpu", action="store_true", help="small sizes on the CPU")
-    parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
-    device = resolve_device("cpu" if args.cpu else "auto")
+    args, device = parse_cpu_or_cuda_arguments(__doc__, repeats=10)
     cuda = device.type == "cuda"
     images, height, width, channels, boxes_per_image = (8, 600, 1000, 256, 64) if cuda else (2, 200, 320, 16, 12)
     print(environment_header("Union features of all-pairs SGDet inference, as run vs as replaced", device))

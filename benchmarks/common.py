@@ -24,7 +24,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -81,6 +81,16 @@ def add_run_arguments(parser: argparse.ArgumentParser, unit: str, tiny_help: str
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int,
                         help="CPU intra-op threads (default: 1 with --tiny on CPU, else torch's)")
+
+
+def parse_cpu_or_cuda_arguments(doc: str, repeats: int, argv=None) -> Tuple[argparse.Namespace, torch.device]:
+    """Arguments of a kernel-level benchmark: ``--cpu`` (small sizes on the CPU; else CUDA when available) and
+    ``--repeats``. Returns the arguments and the device."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu", action="store_true", help="small sizes on the CPU")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    args = parser.parse_args(argv)
+    return args, resolve_device("cpu" if args.cpu else "auto")
 
 
 def resolve_run_arguments(args: argparse.Namespace) -> torch.device:
