@@ -1,4 +1,6 @@
 """RelationRouting against literal implementations of the equations (tests/routing_reference.py)."""
+import copy
+
 import pytest
 import torch
 
@@ -105,6 +107,9 @@ def test_gate_impl_compile_traces_the_whole_routing():
     assert module.update.candidate.weight.grad is not None
     compiled = RelationRouting(6, 9, 4, hidden_dim=8, output_dim=7, gate_impl="compile")
     assert compiled.update.gate_impl == "eager" and compiled.gate_impl == "compile"
+    copied = copy.deepcopy(module)  # the compiled function is left out and rebuilt at the next call
+    assert copied._compiled_route is None and module._compiled_route is not None
+    torch.testing.assert_close(copied(*args), expected)
 
 
 def test_bad_shapes():

@@ -146,6 +146,12 @@ class RelationRouting(nn.Module):
         self._compiled_route = torch.compile(self._route, **compile_kwargs)
         self._graphed_route = None  # graphs of the uncompiled routing would bypass it
 
+    def __getstate__(self):
+        # The compiled function and the captured graphs are rebuilt at first use; copies and pickles leave them out.
+        state = self.__dict__.copy()
+        state["_compiled_route"] = state["_graphed_route"] = None
+        return state
+
     def _uses_cuda_graphs(self, x: torch.Tensor) -> bool:
         return (self.inference_cuda_graphs and x.is_cuda and x.shape[0] > 0 and not torch.is_grad_enabled()
                 and not torch.compiler.is_compiling())
