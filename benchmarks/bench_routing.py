@@ -39,9 +39,8 @@ from common import (
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from kern_d2.modeling.ggnn import GATE_IMPLS  # noqa: E402
 from kern_d2.modeling.object_routing import ObjectRouting  # noqa: E402
-from kern_d2.modeling.relation_routing import RelationRouting  # noqa: E402
+from kern_d2.modeling.relation_routing import GATE_IMPLS, RelationRouting  # noqa: E402
 from routing_reference import object_routing_literal, relation_routing_batched  # noqa: E402
 
 GPU_SIZES = dict(objects=64, classes=151, predicates=51, hidden=512, feature=1024, pairs_infer=4032, pairs_train=2048)

@@ -201,16 +201,16 @@ def main(argv=None):
             (f"ratio < {MIN_RATIO:g}", ratio >= MIN_RATIO),
             (f"peak > {MAX_PEAK_GB:g} GB", None if res.peak_gb is None else res.peak_gb <= MAX_PEAK_GB),
         ])
-        overlap, graphs = ("on" if require_overlap else "off"), ("on" if graphs else "off")
-        table.append(["KERN SGDet", graphs, overlap, str(chunk), f"{sum(pairs) / len(pairs):.0f}",
+        overlap, graphed = ("on" if require_overlap else "off"), ("on" if graphs else "off")
+        table.append(["KERN SGDet", graphed, overlap, str(chunk), f"{sum(pairs) / len(pairs):.0f}",
                       f"{res.median_ms:.1f}", f"{ips:.1f}", format_gb(res.peak_gb), f"{ratio:.2f}", met])
         notes.append(
-            f"KERN CUDA graphs {graphs}, overlap {overlap}, chunk {chunk}: detections/image "
+            f"KERN CUDA graphs {graphed}, overlap {overlap}, chunk {chunk}: detections/image "
             f"{detection_counts(outputs)} (same boxes as the reference detector: "
             f"{same_boxes(boxes_of(outputs), ref_boxes)}), pairs/image {min(pairs)}-{max(pairs)}"
         )
         if args.profile and len(profiles) < 2:
-            profiles.append((f"KERN SGDet inference, CUDA graphs {graphs}, overlap {overlap}, chunk {chunk}",
+            profiles.append((f"KERN SGDet inference, CUDA graphs {graphed}, overlap {overlap}, chunk {chunk}",
                              profile_top_ops(infer, device)))
         del outputs
     print()

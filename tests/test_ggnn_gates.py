@@ -7,6 +7,7 @@ import torch
 
 from kern_d2.layers.ggnn_gates import ggnn_blend, ggnn_gates
 from kern_d2.layers.compiled_ops import load_ops
+from kern_d2.modeling.ggnn import GatedGraphUpdate
 from kern_d2.modeling.relation_routing import RelationRouting
 
 R, K, D = 3, 4, 5
@@ -214,8 +215,10 @@ def test_relation_routing_fused_traces_with_torch_compile():
 
 
 def test_unknown_gate_impl():
-    with pytest.raises(ValueError, match="gate_impl must be one of"):
+    with pytest.raises(ValueError, match="RelationRouting: gate_impl must be one of"):
         make_routing("triton")
+    with pytest.raises(ValueError, match="GatedGraphUpdate: gate_impl must be one of"):
+        GatedGraphUpdate(4, 8, gate_impl="compile")  # compiling is the whole routing's business
 
 
 @CUDA

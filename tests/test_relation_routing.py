@@ -85,15 +85,6 @@ def test_bf16_autocast_on_cpu():
     torch.testing.assert_close(out.float(), module(*args), rtol=0, atol=0.05)
 
 
-def test_gate_math_traces_whole_with_torch_compile():
-    # The optional compiled gate arithmetic: dynamo must capture it without graph breaks (eager backend: no codegen).
-    module = make_routing(dtype=torch.float32)
-    args = inputs(3, dtype=torch.float32)
-    expected = module(*args)
-    module.update.compile_gate_math(backend="eager", fullgraph=True)
-    torch.testing.assert_close(module(*args), expected)
-
-
 def test_gate_impl_compile_traces_the_whole_routing():
     # gate_impl "compile": the routing, gates in PyTorch ops, in one dynamo graph (aot_eager: autograd, no codegen).
     module = make_routing(dtype=torch.float32)

@@ -18,8 +18,8 @@ The elementwise arithmetic around the matmuls (``gate_impl``) runs as
   kernel, which is kept as the reference implementation of the CUDA one);
 - "fused": the kernels of :mod:`kern_d2.layers.ggnn_gates` (kern_d2._C, CPU and CUDA) where a message term is shared
   by a group of nodes (the relation routing), the PyTorch form elsewhere (per-node messages: the object routing);
-- "eager": plain PyTorch ops;
-- "compile": the PyTorch ops under ``torch.compile`` (generated Triton kernels on CUDA).
+- "eager": plain PyTorch ops (what ``torch.compile`` fuses when a caller compiles the update: the relation
+  routing's "compile").
 """
 from typing import Optional, Tuple, Union
 
@@ -31,7 +31,7 @@ from kern_d2.layers.ggnn_gates import ggnn_blend, ggnn_gates
 
 __all__ = ["GATE_IMPLS", "GatedGraphUpdate", "update_and_reset_gates", "blend_candidate"]
 
-GATE_IMPLS = ("auto", "fused", "eager", "compile")
+GATE_IMPLS = ("auto", "fused", "eager")
 
 
 def _with_message(state: torch.Tensor, message: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
@@ -92,19 +92,9 @@ class GatedGraphUpdate(nn.Module):
         self.state_gates = nn.Linear(hidden_dim, (1 if released_code_gate else 2) * hidden_dim, bias=False)
         self.gate_bias = nn.Parameter(torch.zeros(2 * hidden_dim))
         self.candidate = nn.Linear(hidden_dim, hidden_dim)
-        self._gates_fn = update_and_reset_gates
-        self._blend_fn = blend_candidate
         if gate_impl not in GATE_IMPLS:
             raise ValueError(f"GatedGraphUpdate: gate_impl must be one of {GATE_IMPLS}, got {gate_impl!r}")
         self.gate_impl = gate_impl
-        if gate_impl == "compile":
-            self.compile_gate_math()
-
-    def compile_gate_math(self, **compile_kwargs) -> None:
-        """Run the elementwise gate arithmetic through ``torch.compile`` (``gate_impl="compile"``)."""
-        self.gate_impl = "compile"
-        self._gates_fn = torch.compile(update_and_reset_gates, **compile_kwargs)
-        self._blend_fn = torch.compile(blend_candidate, **compile_kwargs)
 
     def state_gate_weight(self) -> torch.Tensor:
         """[2D, D]: U_z stacked on U_r (U_z twice with ``released_code_gate``)."""
@@ -141,8 +131,8 @@ class GatedGraphUpdate(nn.Module):
             num_nodes = h.shape[1] if node_scale is None else max(h.shape[1], node_scale.shape[1])
             z, reset_h = ggnn_gates(state_zr, message[:, : 2 * d], h, node_scale, num_nodes)
             return ggnn_blend(self.candidate(reset_h), message[:, 2 * d :], z, h, node_scale, weighted_sum)
-        z, reset_h = self._gates_fn(message_terms[..., : 2 * d], state_zr, h, scale)
-        h_new = self._blend_fn(message_terms[..., 2 * d :], self.candidate(reset_h), z, h, scale)
+        z, reset_h = update_and_reset_gates(message_terms[..., : 2 * d], state_zr, h, scale)
+        h_new = blend_candidate(message_terms[..., 2 * d :], self.candidate(reset_h), z, h, scale)
         if not weighted_sum:
             return h_new
         return h_new, torch.bmm(scale.transpose(1, 2).to(h_new.dtype), h_new).squeeze(1)

@@ -17,9 +17,12 @@ from torch import nn
 
 from kern_d2.layers.cuda_graphs import GraphedRowFunction
 
-from .ggnn import GATE_IMPLS, GatedGraphUpdate
+from .ggnn import GATE_IMPLS as UPDATE_GATE_IMPLS
+from .ggnn import GatedGraphUpdate
 
-__all__ = ["RelationRouting"]
+__all__ = ["GATE_IMPLS", "RelationRouting"]
+
+GATE_IMPLS = UPDATE_GATE_IMPLS + ("compile",)  # MODEL.ROI_RELATION_HEAD.GATE_IMPL
 
 
 class RelationRouting(nn.Module):
@@ -62,7 +65,9 @@ class RelationRouting(nn.Module):
         self.num_steps = num_steps
         self.object_proj = nn.Linear(obj_dim, hidden_dim)
         self.union_proj = nn.Linear(union_dim, hidden_dim)
-        # "compile" compiles the whole routing below, the gate arithmetic included, rather than the gates alone.
+        if gate_impl not in GATE_IMPLS:
+            raise ValueError(f"RelationRouting: gate_impl must be one of {GATE_IMPLS}, got {gate_impl!r}")
+        # "compile" compiles the whole routing (forward), whose update then runs in PyTorch ops for Inductor to fuse.
         update_impl = "eager" if gate_impl == "compile" else gate_impl
         self.update = GatedGraphUpdate(hidden_dim, 2 * hidden_dim, released_code_gate, update_impl)
         self.gate_impl = gate_impl
