@@ -8,6 +8,8 @@ Root: ``$KERN_DATASETS`` (default ``datasets``, relative to the working director
   val = the first 5,000 train-split images.
 - ``toy_train``, ``toy_val``, ``toy_test`` under ``<root>/toy/`` (``tools/make_toy_dataset.py``), same file names
   as VG (plain variant); val size from the h5's ``num_val_images`` attribute.
+- ``synth_train``, ``synth_val``, ``synth_test`` under ``<root>/synth/`` (``tools/make_synth_dataset.py``, the
+  benchmark of datasets/README.md), laid out as the toy.
 
 The names are registered even when the files are absent; loading them then fails naming the missing file.
 """
@@ -36,8 +38,8 @@ def register_vg150(root: str, prefix: str = "vg150", **kwargs):
 
 
 def register_toy(root: str, prefix: str = "toy", **kwargs):
-    """Register ``<prefix>_train/val/test`` for a toy dataset written by ``tools/make_toy_dataset.py`` in
-    ``root``."""
+    """Register ``<prefix>_train/val/test`` for a generated dataset in ``root`` (``tools/make_toy_dataset.py``,
+    ``tools/make_synth_dataset.py``)."""
     kwargs.setdefault("num_val_images", None)  # from the h5 attribute written by the generator
     for split in SPLITS:
         register_vg_sgg(
@@ -49,6 +51,7 @@ def register_toy(root: str, prefix: str = "toy", **kwargs):
 def register_all_builtin(root: str):
     register_vg150(os.path.join(root, "vg"))
     register_toy(os.path.join(root, "toy"))
+    register_toy(os.path.join(root, "synth"), prefix="synth")
 
 
 register_all_builtin(os.environ.get("KERN_DATASETS", "datasets"))

@@ -19,21 +19,13 @@ The predicates are built so that visual cues and class priors are both needed:
 Everything is drawn with numpy/OpenCV from one ``numpy.random.Generator`` seeded by ``seed``: the same seed gives
 the same files.
 """
-import os
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
-import cv2
 import numpy as np
 
-from .vg_format import (
-    SPLIT_TEST,
-    SPLIT_TRAIN,
-    write_image_data,
-    write_vg_dicts,
-    write_vg_h5,
-    xyxy_to_boxes_1024,
-)
+from .shapes import draw_shape, jitter_colour, noisy_background
+from .vg_format import write_generated_dataset
 
 # name -> (shape, BGR colour, (min w, max w), (min h, max h)); distinct, except the look-alike noted below
 CLASSES: Dict[str, Tuple[str, Tuple[int, int, int], Tuple[int, int], Tuple[int, int]]] = {
@@ -172,39 +164,9 @@ def _place(rng, size_wh, occupied: List[np.ndarray], width, height, margin=6, tr
     return None
 
 
-def _background(rng, width, height) -> np.ndarray:
-    """Muted, noisy texture: a smooth random gradient plus blurred noise, so objects must be told from clutter."""
-    base = rng.integers(70, 150, size=3)
-    small = rng.normal(0, 18, size=(6, 6, 3)).astype(np.float32)
-    smooth = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
-    noise = cv2.GaussianBlur(rng.normal(0, 18, size=(height, width, 3)).astype(np.float32), (3, 3), 0)
-    return np.clip(base + smooth + noise, 0, 255).astype(np.uint8)
-
-
 def _draw(pixels, name, box, rng):
     shape, colour, _, _ = CLASSES[name]
-    colour = tuple(int(c) for c in np.clip(np.array(colour) + rng.integers(-15, 16, size=3), 0, 255))
-    x1, y1, x2, y2 = (int(v) for v in box)
-    x2, y2 = x2 - 1, y2 - 1  # inclusive pixel coordinates for OpenCV; the box is [x1, x2) x [y1, y2)
-    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
-    if shape in ("rectangle", "square"):
-        cv2.rectangle(pixels, (x1, y1), (x2, y2), colour, thickness=-1)
-    elif shape == "frame":
-        cv2.rectangle(pixels, (x1 + 1, y1 + 1), (x2 - 1, y2 - 1), colour, thickness=3)
-    elif shape == "circle":
-        cv2.ellipse(pixels, (cx, cy), ((x2 - x1) // 2, (y2 - y1) // 2), 0, 0, 360, colour, thickness=-1)
-    elif shape == "ellipse":
-        cv2.ellipse(pixels, (cx, cy), ((x2 - x1) // 2, (y2 - y1) // 2), 0, 0, 360, colour, thickness=-1)
-        cv2.circle(pixels, (x2 - (x2 - x1) // 5, cy - (y2 - y1) // 6), 2, (20, 20, 20), thickness=-1)
-    elif shape == "triangle":
-        cv2.fillPoly(pixels, [np.array([[x1, y2], [x2, y2], [cx, y1]], dtype=np.int32)], colour)
-    elif shape == "diamond":
-        cv2.fillPoly(pixels, [np.array([[cx, y1], [x2, cy], [cx, y2], [x1, cy]], dtype=np.int32)], colour)
-    elif shape == "chevron":
-        pts = [[x1, y1], [cx, cy], [x2, y1], [x2, y1 + (y2 - y1) // 2], [cx, y2], [x1, y1 + (y2 - y1) // 2]]
-        cv2.fillPoly(pixels, [np.array(pts, dtype=np.int32)], colour)
-    else:
-        raise ValueError(f"unknown shape {shape!r}")
+    draw_shape(pixels, shape, jitter_colour(rng, colour), box)
 
 
 def generate_toy_image(rng: np.random.Generator) -> ToyImage:
@@ -231,7 +193,7 @@ def generate_toy_image(rng: np.random.Generator) -> ToyImage:
         boxes.append(group_boxes + offset)
     boxes = np.concatenate(boxes)
     classes = np.array([THING_CLASSES.index(n) for n in names], dtype=np.int64)
-    pixels = _background(rng, width, height)
+    pixels = noisy_background(rng, width, height)
     # containers first, so what is inside them is drawn on top
     for i in sorted(range(len(names)), key=lambda i: CLASSES[names[i]][0] != "frame"):
         _draw(pixels, names[i], boxes[i], rng)
@@ -254,36 +216,7 @@ def generate_toy_dataset(
         image = generate_toy_image(rng)
         if len(image.relations):  # the first group can fail to fit only in a tiny image; redraw then
             images.append(image)
-    image_dir = os.path.join(output_dir, "VG_100K")
-    os.makedirs(image_dir, exist_ok=True)
-    image_ids = np.arange(1, len(images) + 1)
-    for image_id, image in zip(image_ids, images):
-        cv2.imwrite(os.path.join(image_dir, f"{image_id}.jpg"), image.pixels, [cv2.IMWRITE_JPEG_QUALITY, 92])
-
-    widths = np.array([im.width for im in images])
-    heights = np.array([im.height for im in images])
-    box_counts = np.array([len(im.boxes) for im in images])
-    scale = np.repeat(np.maximum(widths, heights) / 1024.0, box_counts)
-    classes = np.concatenate([im.classes for im in images])
-    relations = np.concatenate([im.relations for im in images])
-    write_vg_h5(
-        os.path.join(output_dir, "VG-SGG.h5"),
-        split=np.array([SPLIT_TRAIN] * num_train + [SPLIT_TEST] * num_test),
-        box_counts=box_counts,
-        boxes_1024=xyxy_to_boxes_1024(np.concatenate([im.boxes for im in images]), scale),
-        labels=classes + 1,
-        rel_counts=np.array([len(im.relations) for im in images]),
-        relations=relations,
-        attrs={"num_val_images": num_val},
-    )
-    write_vg_dicts(
-        os.path.join(output_dir, "VG-SGG-dicts.json"),
-        THING_CLASSES,
-        PREDICATES,
-        object_counts=np.bincount(classes, minlength=len(THING_CLASSES)),
-        predicate_counts=np.bincount(relations[:, 2], minlength=len(PREDICATES) + 1)[1:],
-    )
-    write_image_data(os.path.join(output_dir, "image_data.json"), image_ids, widths, heights)
+    write_generated_dataset(output_dir, images, num_train, num_val, THING_CLASSES, PREDICATES)
     return toy_summary(images, num_train, num_val, num_test)
 
 

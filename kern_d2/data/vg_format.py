@@ -17,6 +17,7 @@ import json
 import os
 from typing import Dict, List, Sequence
 
+import cv2
 import h5py
 import numpy as np
 
@@ -148,3 +149,53 @@ def write_image_data(image_data_file: str, image_ids, widths, heights, url_prefi
     os.makedirs(os.path.dirname(os.path.abspath(image_data_file)), exist_ok=True)
     with open(image_data_file, "w") as f:
         json.dump(entries, f)
+
+
+def write_generated_image(output_dir: str, image_id: int, pixels: np.ndarray) -> None:
+    """``output_dir/VG_100K/<image_id>.jpg`` (JPEG quality 92)."""
+    image_dir = os.path.join(output_dir, "VG_100K")
+    os.makedirs(image_dir, exist_ok=True)
+    cv2.imwrite(os.path.join(image_dir, f"{image_id}.jpg"), pixels, [cv2.IMWRITE_JPEG_QUALITY, 92])
+
+
+def write_generated_dataset(
+    output_dir: str, images: Sequence, num_train: int, num_val: int, thing_classes: Sequence[str],
+    predicate_names: Sequence[str],
+    write_images: bool = True,
+):
+    """Write generated images as a VG-format dataset: ``VG-SGG.h5``, ``VG-SGG-dicts.json``, ``image_data.json`` and
+    ``VG_100K/<id>.jpg`` (ids 1..N) in ``output_dir``.
+
+    ``images``: the first ``num_train`` are the train split (of which the first ``num_val`` are val, stored as the
+    h5 attribute ``num_val_images``), the rest test. Each has ``width``, ``height``, ``boxes`` [n,4] XYXY,
+    ``classes`` [n] (0-based), ``relations`` [r,3] (local subject, object, predicate 1..P-1) and ``pixels`` (BGR;
+    not used when ``write_images`` is False: the caller wrote them with :func:`write_generated_image`).
+    """
+    image_ids = np.arange(1, len(images) + 1)
+    if write_images:
+        for image_id, image in zip(image_ids, images):
+            write_generated_image(output_dir, int(image_id), image.pixels)
+    widths = np.array([im.width for im in images])
+    heights = np.array([im.height for im in images])
+    box_counts = np.array([len(im.boxes) for im in images])
+    scale = np.repeat(np.maximum(widths, heights) / float(BOX_SCALE), box_counts)
+    classes = np.concatenate([im.classes for im in images])
+    relations = np.concatenate([np.asarray(im.relations).reshape(-1, 3) for im in images])
+    write_vg_h5(
+        os.path.join(output_dir, "VG-SGG.h5"),
+        split=np.array([SPLIT_TRAIN] * num_train + [SPLIT_TEST] * (len(images) - num_train)),
+        box_counts=box_counts,
+        boxes_1024=xyxy_to_boxes_1024(np.concatenate([im.boxes for im in images]), scale),
+        labels=classes + 1,
+        rel_counts=np.array([len(im.relations) for im in images]),
+        relations=relations,
+        attrs={"num_val_images": num_val},
+    )
+    write_vg_dicts(
+        os.path.join(output_dir, "VG-SGG-dicts.json"),
+        thing_classes,
+        predicate_names,
+        object_counts=np.bincount(classes, minlength=len(thing_classes)),
+        predicate_counts=np.bincount(relations[:, 2], minlength=len(predicate_names) + 1)[1:],
+    )
+    write_image_data(os.path.join(output_dir, "image_data.json"), image_ids, widths, heights)
