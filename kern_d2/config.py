@@ -68,6 +68,9 @@ def add_kern_config(cfg):
     # Training: an image that cannot be read: "error" (stop, naming it) or "skip" (log, count, draw another).
     cfg.DATASETS.SGG.UNREADABLE_IMAGES = "error"
 
+    # "SGD" (Detectron2's) or "ADAM" (KERN's released code trains its relation part with Adam; see kern_d2/solver.py).
+    cfg.SOLVER.OPTIMIZER = "SGD"
+
     # Mixed precision of Detectron2's AMPTrainer (SOLVER.AMP.ENABLED): "float16" (its default) or "bfloat16".
     cfg.SOLVER.AMP.PRECISION = "float16"
 

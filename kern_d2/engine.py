@@ -28,6 +28,7 @@ from kern_d2.checkpoint import SGGCheckpointer
 from kern_d2.config import add_kern_config
 from kern_d2.data import SGGDatasetMapper, filter_images_without_overlapping_pairs
 from kern_d2.evaluation import SceneGraphEvaluator
+from kern_d2.solver import build_sgg_optimizer
 
 logger = logging.getLogger("kern_d2")
 
@@ -89,6 +90,10 @@ class SGGTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_sgg_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg):
