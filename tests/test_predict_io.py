@@ -18,7 +18,8 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, Instances
 
 from kern_d2 import add_kern_config
-from kern_d2.engine import ImagePreparer, SceneGraph, load_given_boxes
+from kern_d2.checkpoint import CheckpointError
+from kern_d2.engine import ImagePreparer, SceneGraph, SceneGraphPredictor, load_given_boxes
 from kern_d2.structures import SceneGraphInstances, set_relation_predictions
 from kern_d2.utils.image_io import ImageReadError, collect_image_files, read_image
 from kern_d2.utils.visualizer import draw_predicted_scene_graph
@@ -302,8 +303,12 @@ class PredictTestDouble(nn.Module):
         super().__init__()
         self.logits = nn.Parameter(torch.zeros(cfg.MODEL.ROI_RELATION_HEAD.NUM_PREDICATES))
 
+    seen = []  # (inference mode, autocast dtype or None) of each forward
+
     def forward(self, batched_inputs):
         assert not self.training
+        amp = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        PredictTestDouble.seen.append((torch.is_inference_mode_enabled(), amp))
         outputs = []
         for x in batched_inputs:
             h, w = x["height"], x["width"]
@@ -412,3 +417,73 @@ def test_main_with_given_boxes_and_failures(tmp_path, model_files):
     (tmp_path / "bad.jpg").write_bytes(b"nope")
     assert _run(config, weights, [str(tmp_path / "bad.jpg")], tmp_path / "out2") == 1
     assert json.loads((tmp_path / "out2" / "summary.json").read_text())["failed"][0]["file"].endswith("bad.jpg")
+
+
+# ----------------------------------------------------------------------------------------------- the library API
+
+
+def _predictor_cfg(config, weights, *opts):
+    cfg = get_cfg()
+    add_kern_config(cfg)
+    cfg.merge_from_file(config)
+    cfg.merge_from_list(["MODEL.WEIGHTS", weights, *opts])
+    return cfg
+
+
+def test_predictor_on_a_path_an_array_and_a_list(tmp_path, model_files):
+    predictor = SceneGraphPredictor(_predictor_cfg(*model_files), top_k=4, batch_size=2)
+    paths = [_write_jpeg(tmp_path / f"{i}.jpg", 48, 64 + 8 * i, seed=i) for i in range(3)]
+    graph = predictor(paths[0])
+    assert isinstance(graph, SceneGraph) and graph.file == paths[0] and graph.mode == "sgdet"
+    probs = torch.tensor([0.0, 1.0, 3.0, 0.5]).softmax(0)  # the checkpoint's logits: "near" everywhere
+    assert [(t.subject, t.object, t.predicate) for t in graph.triplets] == [(0, 1, "near"), (1, 0, "near"),
+                                                                          (0, 2, "near"), (2, 0, "near")]
+    assert graph.triplets[0].score == pytest.approx(float(probs[2]) * 0.9 * 0.75, rel=1e-6)
+    np.testing.assert_allclose(graph.boxes, [[6.4, 4.8, 32, 24], [25.6, 19.2, 57.6, 43.2], [0, 0, 64, 48]], rtol=1e-6)
+    from_array = predictor(np.ascontiguousarray(read_image(paths[0]).rgb[:, :, ::-1]))  # BGR, as DefaultPredictor
+    assert from_array.file is None and {**from_array.to_dict(), "file": paths[0]} == graph.to_dict()
+    # A list runs in batches of batch_size (2 + 1 here) and equals image-by-image calls.
+    PredictTestDouble.seen.clear()
+    batch = predictor(paths)
+    assert [g.to_dict() for g in batch] == [predictor(p).to_dict() for p in paths]
+    assert len(PredictTestDouble.seen) == 2 + 3 and all(mode and amp is None for mode, amp in PredictTestDouble.seen)
+
+
+def test_predictor_with_given_boxes_and_autocast(tmp_path, model_files):
+    predcls = ["MODEL.ROI_RELATION_HEAD.USE_GT_BOX", "True", "MODEL.ROI_RELATION_HEAD.USE_GT_OBJECT_LABEL", "True",
+               "TEST.AMP.ENABLED", "True"]
+    predictor = SceneGraphPredictor(_predictor_cfg(*model_files, *predcls), top_k=0)
+    image = _write_jpeg(tmp_path / "room.jpg", 60, 80)
+    PredictTestDouble.seen.clear()
+    graph = predictor(image, boxes=[[8, 6, 40, 30], [20, 20, 90, 60]], labels=["dog", 1])
+    assert PredictTestDouble.seen == [(True, torch.bfloat16)]  # TEST.AMP.PRECISION's default
+    assert graph.mode == "predcls" and graph.labels == ["dog", "hat"] and len(graph.triplets) == 2
+    np.testing.assert_allclose(graph.boxes, [[8, 6, 40, 30], [20, 20, 80, 60]], atol=1e-4)  # clipped to 80 px
+    graphs = predictor([image, image], boxes=[[[0, 0, 5, 5], [1, 1, 9, 9]]] * 2, labels=[[0, 2], [2, 0]])
+    assert [g.labels for g in graphs] == [["person", "dog"], ["dog", "person"]]
+    with pytest.raises(ValueError, match="2 images but 1 entries in labels"):
+        predictor([image, image], boxes=[[[0, 0, 5, 5]]] * 2, labels=[[0]])
+    with pytest.raises(ValueError, match="room.jpg: no labels given, which PredCls needs"):
+        predictor([image, image], boxes=[[[0, 0, 5, 5]]] * 2, labels=[[0], None])
+    with pytest.raises(ValueError, match="images\\[1\\]: expected an HxWx3 uint8 BGR array"):
+        predictor([image, np.zeros((5, 5), np.uint8)], boxes=[[[0, 0, 5, 5]]] * 2, labels=[[0], [0]])
+    with pytest.raises(ValueError, match="predcls scores relations between given boxes, and none were given"):
+        predictor(image)
+
+
+def test_predictor_setup_errors_are_clear(tmp_path, model_files, caplog):
+    config, weights = model_files
+    with pytest.raises(CheckpointError, match="MODEL.WEIGHTS .*nowhere.pth: no such file"):
+        SceneGraphPredictor(_predictor_cfg(config, str(tmp_path / "nowhere.pth")))
+    with pytest.raises(ValueError, match="TEST.AMP.PRECISION must be one of"):
+        SceneGraphPredictor(_predictor_cfg(config, weights, "TEST.AMP.ENABLED", "True", "TEST.AMP.PRECISION", "fp8"))
+    with pytest.raises(ValueError, match="USE_GT_OBJECT_LABEL=True needs USE_GT_BOX=True"):
+        SceneGraphPredictor(_predictor_cfg(config, weights, "MODEL.ROI_RELATION_HEAD.USE_GT_OBJECT_LABEL", "True"))
+    with pytest.raises(ValueError, match="no thing_classes and predicate_classes found"):
+        SceneGraphPredictor(_predictor_cfg(config, weights, "DATASETS.TEST", "('unregistered_set',)"))
+    named = SceneGraphPredictor(_predictor_cfg(config, weights, "DATASETS.TEST", "('unregistered_set',)"),
+                                thing_classes=["a", "b", "c"], predicate_classes=["_", "x", "y", "z"])
+    assert named(_write_jpeg(tmp_path / "a.jpg", 40, 40)).triplets[0].predicate == "y"
+    with caplog.at_level("WARNING", logger="kern_d2.engine.predictor"):
+        SceneGraphPredictor(_predictor_cfg(config, ""))
+    assert sum("MODEL.WEIGHTS is empty" in r.getMessage() for r in caplog.records) == 1
