@@ -13,6 +13,7 @@ import uuid
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -179,10 +180,12 @@ def test_visualize_data_draws_the_ground_truth(toy_tools, toy_splits):
 SGDET_OPTS = ["MODEL.ROI_RELATION_HEAD.USE_GT_BOX", "False", "MODEL.ROI_RELATION_HEAD.USE_GT_OBJECT_LABEL", "False"]
 
 
-def test_predictor_gives_the_cli_json_and_batches_equal_single_images(toy_tools, toy_splits):
+def test_predictor_gives_the_cli_json_and_batches_equal_single_images(toy_tools, toy_splits, monkeypatch):
     folder = toy_tools.scratch("images_api")
     for image in toy_splits["test"][0]:
         shutil.copy(image["file_name"], folder)
+    # The tool's process computes with this process's thread count (other counts round sums differently).
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     _, summary = _predict(toy_tools, "sgdet", [folder], "--no-pictures", "--top-k", "0", opts=SGDET_OPTS)
     cfg = get_cfg()
     add_kern_config(cfg)
