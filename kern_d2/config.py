@@ -80,4 +80,9 @@ def add_kern_config(cfg):
     cfg.TEST.SGG.LEGACY_IOU = False  # +1 pixel convention of the original evaluation code
     # Best checkpoint kept by this metric during training (TEST.EVAL_PERIOD > 0); empty = off.
     cfg.TEST.SGG.BEST_METRIC = "mR@100"
+
+    # Autocast of SceneGraphPredictor (and tools/predict.py): off, or on with "bfloat16" / "float16".
+    cfg.TEST.AMP = CN()
+    cfg.TEST.AMP.ENABLED = False
+    cfg.TEST.AMP.PRECISION = "bfloat16"
     return cfg

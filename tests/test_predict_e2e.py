@@ -1,20 +1,29 @@
 """tools/predict.py with the KERN models trained on the toy dataset (SGDet on a folder of images, PredCls with
---boxes-json), and tools/visualize_data.py on the toy train split; subprocesses, CPU."""
+--boxes-json), SceneGraphPredictor against it and the README's Python snippet, and tools/visualize_data.py on the
+toy train split; subprocesses, CPU."""
+import contextlib
 import importlib.util
+import io
 import json
 import os
+import re
 import shutil
 import uuid
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
+from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from kern_d2 import add_kern_config
 from kern_d2.data import register_toy
 from kern_d2.data.vg import SPLITS
+from kern_d2.engine import SceneGraphPredictor
+from kern_d2.utils.image_io import collect_image_files, read_image
 
 pytest.register_assert_rewrite("tool_fixtures")
 from tool_fixtures import MODE_CONFIGS, MODE_OPTS, NUM_TEST, ROOT  # noqa: E402
@@ -166,3 +175,77 @@ def test_visualize_data_draws_the_ground_truth(toy_tools, toy_splits):
     assert sorted(os.listdir(output)) == expected
     for name in expected:
         _check_picture(os.path.join(output, name))
+
+
+SGDET_OPTS = ["MODEL.ROI_RELATION_HEAD.USE_GT_BOX", "False", "MODEL.ROI_RELATION_HEAD.USE_GT_OBJECT_LABEL", "False"]
+
+
+def test_predictor_gives_the_cli_json_and_batches_equal_single_images(toy_tools, toy_splits, monkeypatch):
+    folder = toy_tools.scratch("images_api")
+    for image in toy_splits["test"][0]:
+        shutil.copy(image["file_name"], folder)
+    # The tool's process computes with this process's thread count (other counts round sums differently).
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    _, summary = _predict(toy_tools, "sgdet", [folder], "--no-pictures", "--top-k", "0", opts=SGDET_OPTS)
+    cfg = get_cfg()
+    add_kern_config(cfg)
+    cfg.merge_from_file(MODE_CONFIGS["sgdet"])
+    weights = os.path.join(toy_tools.trained("sgdet"), "model_final.pth")
+    cfg.merge_from_list(toy_tools.kern_opts() + MODE_OPTS["sgdet"] + ["MODEL.WEIGHTS", weights] + SGDET_OPTS)
+    predictor = SceneGraphPredictor(cfg, top_k=0, batch_size=4)  # the CLI's default batches, in its order
+    files, _ = collect_image_files([folder])
+    graphs = predictor(files)
+    assert [entry["file"] for entry in summary["processed"]] == files
+    for graph, entry in zip(graphs, summary["processed"]):
+        with open(entry["json"]) as f:
+            assert graph.to_dict() == json.load(f)
+    assert sum(len(g.triplets) for g in graphs) > 0
+
+    # Images of one size (a batch pads to its largest image, which moves the detector's output): a batch of 4
+    # gives the one-by-one results up to float rounding.
+    arrays = [np.ascontiguousarray(read_image(path).rgb[:150, :150, ::-1]) for path in files[:4]]
+    batch = predictor(arrays)
+    for array, graph in zip(arrays, batch):
+        single = predictor(array)
+        assert graph.labels == single.labels and graph.num_candidate_pairs == single.num_candidate_pairs
+        np.testing.assert_allclose(graph.boxes, single.boxes, atol=1e-3)
+        np.testing.assert_allclose(graph.scores, single.scores, rtol=1e-4)
+        by_pair = {(t.subject, t.object): t for t in single.triplets}
+        assert set(by_pair) == {(t.subject, t.object) for t in graph.triplets}
+        for t in graph.triplets:
+            assert t.predicate == by_pair[t.subject, t.object].predicate
+            assert t.score == pytest.approx(by_pair[t.subject, t.object].score, rel=1e-4)
+
+
+def _readme_python_snippet() -> str:
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("## Use it from Python"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_python_snippet_runs_on_the_toy_model(toy_tools, toy_splits, monkeypatch):
+    """The README's snippet, verbatim, in a folder laid out as it expects: its config (the toy SGDet config at the
+    test sizes), its weights (the toy SGDet model) and photos/street.jpg (a toy test image)."""
+    sandbox = toy_tools.scratch("readme")
+    os.makedirs(os.path.join(sandbox, "configs", "VG-KERN"))
+    with open(os.path.join(sandbox, "configs", "VG-KERN", "kern_sgdet.yaml"), "w") as f:
+        f.write(f'_BASE_: "{MODE_CONFIGS["sgdet"]}"\nMODEL:\n  DEVICE: "cpu"\n  ROI_RELATION_HEAD:\n'
+                f'    PRIORS_FILE: "{toy_tools.priors}"\n    MAX_DETECTIONS: 16\n'
+                "INPUT:\n  MIN_SIZE_TEST: 128\n  MAX_SIZE_TEST: 192\n")
+    os.makedirs(os.path.join(sandbox, "output", "vg_kern_sgdet"))
+    shutil.copy(os.path.join(toy_tools.trained("sgdet"), "model_final.pth"),
+                os.path.join(sandbox, "output", "vg_kern_sgdet"))
+    os.makedirs(os.path.join(sandbox, "photos"))
+    shutil.copy(toy_splits["test"][0][0]["file_name"], os.path.join(sandbox, "photos", "street.jpg"))
+    monkeypatch.chdir(sandbox)
+    namespace, printed = {}, io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(_readme_python_snippet(), "README.md", "exec"), namespace)
+    graph, record = namespace["graph"], namespace["record"]
+    lines = printed.getvalue().splitlines()
+    assert len(graph.triplets) > 0 and len(lines) == min(5, len(graph.triplets))
+    t = graph.triplets[0]
+    assert lines[0] == f"{t.subject_label} {t.predicate} {t.object_label}: {t.score:.3f}"
+    assert record == graph.to_dict() and record["file"] == "photos/street.jpg" and record["schema_version"] == 1
+    _check_picture(os.path.join(sandbox, "street_graph.png"))

@@ -1,5 +1,5 @@
-"""tools/predict.py: robust image reading, model inputs, JSON records, pictures, and main() end to end with a
-small stand-in model registered in META_ARCH_REGISTRY."""
+"""Prediction: robust image reading, model inputs (ImagePreparer), given boxes, SceneGraph records, pictures, and
+tools/predict.py's main() end to end with a small stand-in model registered in META_ARCH_REGISTRY."""
 import importlib.util
 import json
 import os
@@ -18,8 +18,11 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, Instances
 
 from kern_d2 import add_kern_config
+from kern_d2.checkpoint import CheckpointError
+from kern_d2.engine import ImagePreparer, SceneGraph, SceneGraphPredictor, load_given_boxes
 from kern_d2.structures import SceneGraphInstances, set_relation_predictions
-from kern_d2.utils.image_io import ImageReadError, read_image
+from kern_d2.utils.image_io import ImageReadError, collect_image_files, read_image
+from kern_d2.utils.visualizer import draw_predicted_scene_graph
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THINGS = ["person", "hat", "dog"]
@@ -121,45 +124,71 @@ def _cfg(**rel):
 
 def test_model_input_resizes_like_default_predictor_and_scales_given_boxes(tmp_path):
     path = _write_jpeg(tmp_path / "a.jpg", 50, 100)
-    spec = {"a.jpg": {"boxes": [[10, 10, 50, 40], [0, 0, 120, 60]], "labels": ["dog", 1]}}
-    item = predict.ImageInputs([path], _cfg(), THINGS, spec)[0]
-    assert item["error"] is None
-    x = item["input"]
+    boxes, labels = [[10, 10, 50, 40], [0, 0, 120, 60]], ["dog", 1]
+    prepared = ImagePreparer(_cfg(), THINGS)(path, boxes, labels)
+    x = prepared.model_input
     # Short side 50 -> 800 makes the long side 1600 > 1333: both sides scale by 1333 / 100.
     assert tuple(x["image"].shape) == (3, 667, 1333) and (x["height"], x["width"]) == (50, 100)
     sx, sy = 1333 / 100, 667 / 50
     expected = [[10 * sx, 10 * sy, 50 * sx, 40 * sy], [0, 0, 100 * sx, 50 * sy]]  # 2nd box clipped to the image
     np.testing.assert_allclose(x["instances"].gt_boxes.tensor.numpy(), expected, rtol=1e-5)
     assert x["instances"].gt_classes.tolist() == [2, 1]
+    assert prepared.file == path and x["file_name"] == path and prepared.rgb.shape == (50, 100, 3)
     # BGR (Detectron2's default INPUT.FORMAT) flips the channels of the RGB pixels.
-    rgb = predict.ImageInputs([path], _cfg(), THINGS, spec)[0]["rgb"]
     cfg_rgb = _cfg()
     cfg_rgb.INPUT.FORMAT = "RGB"
-    image_rgb = predict.ImageInputs([path], cfg_rgb, THINGS, spec)[0]["input"]["image"]
+    image_rgb = ImagePreparer(cfg_rgb, THINGS)(path, boxes, labels).model_input["image"]
     torch.testing.assert_close(image_rgb.flip(0), x["image"])
-    assert rgb.shape == (50, 100, 3)
+    # A BGR array as Detectron2's DefaultPredictor takes it gives the same input as its file.
+    bgr = cv2.imread(path)
+    from_array = ImagePreparer(_cfg(), THINGS)(bgr, boxes, labels)
+    torch.testing.assert_close(from_array.model_input["image"], x["image"])
+    np.testing.assert_array_equal(from_array.rgb, bgr[:, :, ::-1])
+    assert from_array.file is None and "file_name" not in from_array.model_input
 
 
-def test_model_input_problems_are_reported_per_image(tmp_path):
+def test_model_input_problems_name_the_image(tmp_path):
     path = _write_jpeg(tmp_path / "a.jpg", 50, 100)
     thin = str(tmp_path / "thin.png")
     cv2.imwrite(thin, np.zeros((1, 3000, 3), np.uint8))
     cases = [
-        ({"other.jpg": {"boxes": [[0, 0, 1, 1]]}}, {}, "no entry"),
-        ({"a.jpg": {"boxes": [[0, 0, 1, 1]], "labels": ["cat"]}}, {}, "'cat' is not one of"),
-        ({"a.jpg": {"boxes": [[0, 0, 1, 1]]}}, {}, "no labels"),  # PredCls needs labels
-        ({"a.jpg": {"boxes": []}}, {}, "no boxes"),
+        (dict(boxes=[[0, 0, 1, 1]], labels=["cat"]), {}, "'cat' is not one of"),
+        (dict(boxes=[[0, 0, 1, 1]], labels=[3]), {}, "index in \\[0, 3\\)"),
+        (dict(boxes=[[0, 0, 1, 1]]), {}, "no labels"),  # PredCls needs labels
+        (dict(boxes=[]), {}, "no boxes"),
+        (dict(), {}, "none were given"),
+        (dict(boxes=[[0, 0, 1, 1]], labels=["dog", "hat"]), {}, "1 boxes but 2 labels"),
+        (dict(boxes=[[5, 0, 1, 1]], labels=["dog"]), {}, "x2 < x1"),
+        (dict(boxes=[[0, 0, 1, 1]]), dict(USE_GT_BOX=False, USE_GT_OBJECT_LABEL=False), "the config is SGDet"),
     ]
-    for spec, rel, reason in cases:
-        item = predict.ImageInputs([path], _cfg(**rel), THINGS, spec)[0]
-        assert reason in item["error"] and path in item["error"]
-    sgcls = predict.ImageInputs([path], _cfg(USE_GT_OBJECT_LABEL=False), THINGS, {"a.jpg": {"boxes": [[0, 0, 1, 1]]}})
-    assert sgcls[0]["input"]["instances"].gt_classes.tolist() == [0]
+    for kwargs, rel, reason in cases:
+        with pytest.raises(ValueError, match=reason) as info:
+            ImagePreparer(_cfg(**rel), THINGS)(path, **kwargs)
+        assert path in str(info.value)
+    prepare = ImagePreparer(_cfg(), THINGS)
+    for array, reason in [(np.zeros((4, 4), np.uint8), "HxWx3 uint8"), (np.zeros((4, 4, 3)), "float64"),
+                          (np.zeros((0, 4, 3), np.uint8), "HxWx3")]:
+        with pytest.raises(ValueError, match=reason):
+            prepare(array, [[0, 0, 1, 1]], [0], name="frame 7")
+    with pytest.raises(TypeError, match="file path or an HxWx3"):
+        prepare(b"bytes")
+    with pytest.raises(ImageReadError, match="missing.jpg: not a file"):
+        prepare(str(tmp_path / "missing.jpg"), [[0, 0, 1, 1]], [0])
+    sgcls = ImagePreparer(_cfg(USE_GT_OBJECT_LABEL=False), THINGS)(path, [[0, 0, 1, 1]])
+    assert sgcls.model_input["instances"].gt_classes.tolist() == [0]
     # 1x3000 is read at 1x1333 (MAX_SIZE_TEST), which the test resize keeps: a legal, if thin, input.
-    assert tuple(predict.ImageInputs([thin], _cfg(), THINGS)[0]["input"]["image"].shape) == (3, 1, 1333)
+    assert tuple(prepare(thin, [[0, 0, 1, 1]], [0]).model_input["image"].shape) == (3, 1, 1333)
     one = str(tmp_path / "one.png")
     cv2.imwrite(one, np.zeros((1, 1, 3), np.uint8))
-    assert tuple(predict.ImageInputs([one], _cfg(), THINGS)[0]["input"]["image"].shape) == (3, 800, 800)
+    assert tuple(prepare(one, [[0, 0, 1, 1]], [0]).model_input["image"].shape) == (3, 800, 800)
+
+
+def test_cli_reports_an_image_without_a_boxes_entry(tmp_path):
+    path = _write_jpeg(tmp_path / "a.jpg", 50, 100)
+    files = predict.ImageFiles([path], ImagePreparer(_cfg(), THINGS), {"other.jpg": {"boxes": [[0, 0, 1, 1]]}})
+    assert files[0] == {"file": path, "error": f"{path}: no entry in --boxes-json (keys are file paths or names)"}
+    by_name = predict.ImageFiles([path], ImagePreparer(_cfg(), THINGS), {"a.jpg": {"boxes": [[0, 0, 1, 1]]}})
+    assert "no labels" in by_name[0]["error"]
 
 
 def test_boxes_json_is_checked(tmp_path):
@@ -169,8 +198,8 @@ def test_boxes_json_is_checked(tmp_path):
                             ('{"a.jpg": {"boxes": [[0, 0, 1, 1]], "labels": []}}', "1 boxes but 0 labels"),
                             ("{not json", "boxes.json")]:
         (tmp_path / "boxes.json").write_text(content)
-        with pytest.raises(predict.InputError, match=reason):
-            predict.load_boxes_json(str(tmp_path / "boxes.json"))
+        with pytest.raises(ValueError, match=reason):
+            load_given_boxes(str(tmp_path / "boxes.json"))
 
 
 def test_inputs_expand_folders_and_globs_and_stems_stay_distinct(tmp_path):
@@ -179,12 +208,12 @@ def test_inputs_expand_folders_and_globs_and_stems_stay_distinct(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.jpg").write_bytes(b"x")
     inputs = [str(tmp_path), str(tmp_path / "sub" / "*.jpg"), str(tmp_path / "b.jpg")]
-    files, ignored = predict.collect_image_files(inputs)
+    files, ignored = collect_image_files(inputs)
     assert files == [str(tmp_path / "a.PNG"), str(tmp_path / "b.jpg"), str(tmp_path / "sub" / "a.jpg")]
     assert ignored == [str(tmp_path / "notes.txt")]
     assert list(predict.output_stems(files + ["x/summary.jpg"]).values()) == ["a", "b", "a-2", "summary-2"]
-    with pytest.raises(predict.InputError, match="no such file"):
-        predict.collect_image_files([str(tmp_path / "nothing*.jpg")])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        collect_image_files([str(tmp_path / "nothing*.jpg")])
 
 
 # ----------------------------------------------------------------------------------------------- JSON records
@@ -204,8 +233,13 @@ def _hand_made_instances():
     return instances
 
 
+def _record(instances, things=THINGS, predicates=PREDICATES, top_k=20):
+    return SceneGraph.from_instances(instances, things, predicates, top_k).to_dict()
+
+
 def test_record_ranks_triplets_by_predicate_times_object_scores():
-    record = predict.instances_to_record(_hand_made_instances(), THINGS, PREDICATES, top_k=3)
+    graph = SceneGraph.from_instances(_hand_made_instances(), THINGS, PREDICATES, top_k=3, mode="sgcls", file="x.jpg")
+    record = graph.to_dict()
     # pair (0,1): wears 0.7 * 0.9 * 0.5 = 0.315; (2,0): near 0.6 * 0.8 * 0.9 = 0.432;
     # (1,2): on 0.05 * 0.5 * 0.8 = 0.02 (background 0.9 is never chosen); (0,2): on 0.4 * 0.9 * 0.8 = 0.288.
     got = [(t["subject"], t["object"], t["predicate"], t["predicate_score"], t["score"]) for t in record["triplets"]]
@@ -214,38 +248,44 @@ def test_record_ranks_triplets_by_predicate_times_object_scores():
     np.testing.assert_allclose([g[3:] for g in got], [e[3:] for e in expected], rtol=1e-5)
     first = record["triplets"][0]
     assert (first["subject_label"], first["object_label"], first["predicate_id"]) == ("dog", "person", 2)
+    assert graph.triplets[0].predicate == "near" and graph.triplets[0].score == pytest.approx(0.432)
     assert record["labels"] == THINGS and record["label_ids"] == [0, 1, 2]
     assert (record["width"], record["height"], record["num_candidate_pairs"]) == (64, 48, 4)
+    assert (record["schema_version"], record["file"], record["mode"]) == (1, "x.jpg", "sgcls")
+    assert list(record) == ["schema_version", "file", "mode", "width", "height", "boxes", "labels", "label_ids",
+                            "scores", "triplets", "num_candidate_pairs"]
     assert record["boxes"][2] == [30, 10, 60, 40]
-    assert len(predict.instances_to_record(_hand_made_instances(), THINGS, PREDICATES, top_k=0)["triplets"]) == 4
-    assert json.loads(predict.format_record_json(record)) == record  # plain Python types, valid JSON
+    assert len(_record(_hand_made_instances(), top_k=0)["triplets"]) == 4
+    assert json.loads(graph.to_json()) == record  # plain Python types, valid JSON
 
 
 def test_record_errors_name_the_problem():
     with pytest.raises(ValueError, match="4 predicates but 3"):
-        predict.instances_to_record(_hand_made_instances(), THINGS, PREDICATES[:3])
+        _record(_hand_made_instances(), predicates=PREDICATES[:3])
     with pytest.raises(ValueError, match="only 2 class names"):
-        predict.instances_to_record(_hand_made_instances(), THINGS[:2], PREDICATES)
+        _record(_hand_made_instances(), things=THINGS[:2])
     stray = _hand_made_instances()
     stray._fields["rel_pair_idxs"] = torch.tensor([[0, 1], [2, 3], [1, 2], [0, 2]])
     with pytest.raises(ValueError, match="outside the 3 predicted boxes"):
-        predict.instances_to_record(stray, THINGS, PREDICATES)
+        _record(stray)
     bare = Instances((4, 4), pred_boxes=Boxes(torch.zeros(0, 4)))
     with pytest.raises(ValueError, match="'pred_classes'"):
-        predict.instances_to_record(bare, THINGS, PREDICATES)
+        _record(bare)
 
 
-def test_record_picture_has_the_expected_size_with_and_without_boxes():
-    record = predict.instances_to_record(_hand_made_instances(), THINGS, PREDICATES)
+def test_record_picture_has_the_expected_size_with_and_without_boxes(tmp_path):
+    graph = SceneGraph.from_instances(_hand_made_instances(), THINGS, PREDICATES)
     rgb = np.zeros((24, 32, 3), np.uint8)  # read at half the record's 64x48
-    picture = predict.draw_record(record, rgb, max_triplets=20, show_all_boxes=False, title="t")
+    picture = draw_predicted_scene_graph(graph, rgb, max_triplets=20, show_unrelated_boxes=False, title="t")
     assert picture.shape[0] == 600 and picture.shape[1] > 800  # 32 px wide -> enlarged to 800
+    with pytest.raises(ValueError, match="pass its image"):
+        draw_predicted_scene_graph(graph)
     empty = SceneGraphInstances((48, 64), pred_boxes=Boxes(torch.zeros(0, 4)), pred_classes=torch.zeros(0, dtype=torch.long),
                       scores=torch.zeros(0))
     set_relation_predictions(empty, torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, 4))
-    record = predict.instances_to_record(empty, THINGS, PREDICATES)
-    assert record["boxes"] == [] and record["triplets"] == []
-    picture = predict.draw_record(record, rgb, max_triplets=20, show_all_boxes=True, title="t")
+    graph = SceneGraph.from_instances(empty, THINGS, PREDICATES, file=_write_jpeg(tmp_path / "e.jpg", 48, 64))
+    assert graph.to_dict()["boxes"] == [] and graph.triplets == []
+    picture = draw_predicted_scene_graph(graph)  # reads graph.file
     assert picture.shape[0] == 600 and picture.shape[1] > 800
 
 
@@ -263,8 +303,12 @@ class PredictTestDouble(nn.Module):
         super().__init__()
         self.logits = nn.Parameter(torch.zeros(cfg.MODEL.ROI_RELATION_HEAD.NUM_PREDICATES))
 
+    seen = []  # (inference mode, autocast dtype or None) of each forward
+
     def forward(self, batched_inputs):
         assert not self.training
+        amp = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        PredictTestDouble.seen.append((torch.is_inference_mode_enabled(), amp))
         outputs = []
         for x in batched_inputs:
             h, w = x["height"], x["width"]
@@ -373,3 +417,73 @@ def test_main_with_given_boxes_and_failures(tmp_path, model_files):
     (tmp_path / "bad.jpg").write_bytes(b"nope")
     assert _run(config, weights, [str(tmp_path / "bad.jpg")], tmp_path / "out2") == 1
     assert json.loads((tmp_path / "out2" / "summary.json").read_text())["failed"][0]["file"].endswith("bad.jpg")
+
+
+# ----------------------------------------------------------------------------------------------- the library API
+
+
+def _predictor_cfg(config, weights, *opts):
+    cfg = get_cfg()
+    add_kern_config(cfg)
+    cfg.merge_from_file(config)
+    cfg.merge_from_list(["MODEL.WEIGHTS", weights, *opts])
+    return cfg
+
+
+def test_predictor_on_a_path_an_array_and_a_list(tmp_path, model_files):
+    predictor = SceneGraphPredictor(_predictor_cfg(*model_files), top_k=4, batch_size=2)
+    paths = [_write_jpeg(tmp_path / f"{i}.jpg", 48, 64 + 8 * i, seed=i) for i in range(3)]
+    graph = predictor(paths[0])
+    assert isinstance(graph, SceneGraph) and graph.file == paths[0] and graph.mode == "sgdet"
+    probs = torch.tensor([0.0, 1.0, 3.0, 0.5]).softmax(0)  # the checkpoint's logits: "near" everywhere
+    assert [(t.subject, t.object, t.predicate) for t in graph.triplets] == [(0, 1, "near"), (1, 0, "near"),
+                                                                          (0, 2, "near"), (2, 0, "near")]
+    assert graph.triplets[0].score == pytest.approx(float(probs[2]) * 0.9 * 0.75, rel=1e-6)
+    np.testing.assert_allclose(graph.boxes, [[6.4, 4.8, 32, 24], [25.6, 19.2, 57.6, 43.2], [0, 0, 64, 48]], rtol=1e-6)
+    from_array = predictor(np.ascontiguousarray(read_image(paths[0]).rgb[:, :, ::-1]))  # BGR, as DefaultPredictor
+    assert from_array.file is None and {**from_array.to_dict(), "file": paths[0]} == graph.to_dict()
+    # A list runs in batches of batch_size (2 + 1 here) and equals image-by-image calls.
+    PredictTestDouble.seen.clear()
+    batch = predictor(paths)
+    assert [g.to_dict() for g in batch] == [predictor(p).to_dict() for p in paths]
+    assert len(PredictTestDouble.seen) == 2 + 3 and all(mode and amp is None for mode, amp in PredictTestDouble.seen)
+
+
+def test_predictor_with_given_boxes_and_autocast(tmp_path, model_files):
+    predcls = ["MODEL.ROI_RELATION_HEAD.USE_GT_BOX", "True", "MODEL.ROI_RELATION_HEAD.USE_GT_OBJECT_LABEL", "True",
+               "TEST.AMP.ENABLED", "True"]
+    predictor = SceneGraphPredictor(_predictor_cfg(*model_files, *predcls), top_k=0)
+    image = _write_jpeg(tmp_path / "room.jpg", 60, 80)
+    PredictTestDouble.seen.clear()
+    graph = predictor(image, boxes=[[8, 6, 40, 30], [20, 20, 90, 60]], labels=["dog", 1])
+    assert PredictTestDouble.seen == [(True, torch.bfloat16)]  # TEST.AMP.PRECISION's default
+    assert graph.mode == "predcls" and graph.labels == ["dog", "hat"] and len(graph.triplets) == 2
+    np.testing.assert_allclose(graph.boxes, [[8, 6, 40, 30], [20, 20, 80, 60]], atol=1e-4)  # clipped to 80 px
+    graphs = predictor([image, image], boxes=[[[0, 0, 5, 5], [1, 1, 9, 9]]] * 2, labels=[[0, 2], [2, 0]])
+    assert [g.labels for g in graphs] == [["person", "dog"], ["dog", "person"]]
+    with pytest.raises(ValueError, match="2 images but 1 entries in labels"):
+        predictor([image, image], boxes=[[[0, 0, 5, 5]]] * 2, labels=[[0]])
+    with pytest.raises(ValueError, match="room.jpg: no labels given, which PredCls needs"):
+        predictor([image, image], boxes=[[[0, 0, 5, 5]]] * 2, labels=[[0], None])
+    with pytest.raises(ValueError, match="images\\[1\\]: expected an HxWx3 uint8 BGR array"):
+        predictor([image, np.zeros((5, 5), np.uint8)], boxes=[[[0, 0, 5, 5]]] * 2, labels=[[0], [0]])
+    with pytest.raises(ValueError, match="predcls scores relations between given boxes, and none were given"):
+        predictor(image)
+
+
+def test_predictor_setup_errors_are_clear(tmp_path, model_files, caplog):
+    config, weights = model_files
+    with pytest.raises(CheckpointError, match="MODEL.WEIGHTS .*nowhere.pth: no such file"):
+        SceneGraphPredictor(_predictor_cfg(config, str(tmp_path / "nowhere.pth")))
+    with pytest.raises(ValueError, match="TEST.AMP.PRECISION must be one of"):
+        SceneGraphPredictor(_predictor_cfg(config, weights, "TEST.AMP.ENABLED", "True", "TEST.AMP.PRECISION", "fp8"))
+    with pytest.raises(ValueError, match="USE_GT_OBJECT_LABEL=True needs USE_GT_BOX=True"):
+        SceneGraphPredictor(_predictor_cfg(config, weights, "MODEL.ROI_RELATION_HEAD.USE_GT_OBJECT_LABEL", "True"))
+    with pytest.raises(ValueError, match="no thing_classes and predicate_classes found"):
+        SceneGraphPredictor(_predictor_cfg(config, weights, "DATASETS.TEST", "('unregistered_set',)"))
+    named = SceneGraphPredictor(_predictor_cfg(config, weights, "DATASETS.TEST", "('unregistered_set',)"),
+                                thing_classes=["a", "b", "c"], predicate_classes=["_", "x", "y", "z"])
+    assert named(_write_jpeg(tmp_path / "a.jpg", 40, 40)).triplets[0].predicate == "y"
+    with caplog.at_level("WARNING", logger="kern_d2.engine.predictor"):
+        SceneGraphPredictor(_predictor_cfg(config, ""))
+    assert sum("MODEL.WEIGHTS is empty" in r.getMessage() for r in caplog.records) == 1

@@ -24,9 +24,11 @@ from detectron2.structures import Boxes
 
 from kern_d2.config import add_kern_config
 from kern_d2.data import DatasetFormatError, SGGDatasetMapper, load_vg_sgg
+from kern_d2.engine import SceneGraphPredictor
 from kern_d2.modeling.priors import save_priors
 from kern_d2.modeling.roi_heads import build_priors
 from kern_d2.structures import SceneGraphInstances, set_relation_predictions
+from kern_d2.utils.image_io import collect_image_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["person", "hat", "cup"]
@@ -237,16 +239,18 @@ def _load_predict():
     return module
 
 
-def whole_image_model(inputs):
+class WholeImageModel(torch.nn.Module):
     """Stands in for the model: per image, boxes [whole image, its top-left quarter] and the pair (0, 1)."""
-    outputs = []
-    for x in inputs:
-        h, w = x["height"], x["width"]
-        result = SceneGraphInstances((h, w), pred_boxes=Boxes(torch.tensor([[0.0, 0, w, h], [0, 0, w / 2, h / 2]])),
-                           pred_classes=torch.tensor([0, 1]), scores=torch.tensor([0.9, 0.8]))
-        set_relation_predictions(result, torch.tensor([[0, 1]]), torch.tensor([[0.1, 0.2, 0.7]]))
-        outputs.append({"instances": result})
-    return outputs
+
+    def forward(self, inputs):
+        outputs = []
+        for x in inputs:
+            h, w = x["height"], x["width"]
+            result = SceneGraphInstances((h, w), pred_boxes=Boxes(torch.tensor([[0.0, 0, w, h], [0, 0, w / 2, h / 2]])),
+                                         pred_classes=torch.tensor([0, 1]), scores=torch.tensor([0.9, 0.8]))
+            set_relation_predictions(result, torch.tensor([[0, 1]]), torch.tensor([[0.1, 0.2, 0.7]]))
+            outputs.append({"instances": result})
+        return outputs
 
 
 def test_predict_reads_awkward_images_in_loader_workers_and_reports_the_bad_ones(tmp_path):
@@ -262,10 +266,13 @@ def test_predict_reads_awkward_images_in_loader_workers_and_reports_the_bad_ones
 
     cfg = add_kern_config(get_cfg())
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 128
-    files, _ = predict.collect_image_files([str(folder)])
-    images = predict.ImageInputs(files, cfg, CLASSES)
-    writer = predict.RecordWriter(str(tmp_path / "out"), "sgdet", CLASSES, ["__no_relation__"] + PREDICATES)
-    summary = predict.predict_images(whole_image_model, images, writer, batch_size=2, num_workers=1)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.ROI_RELATION_HEAD.USE_GT_BOX = cfg.MODEL.ROI_RELATION_HEAD.USE_GT_OBJECT_LABEL = False
+    files, _ = collect_image_files([str(folder)])
+    predictor = SceneGraphPredictor(cfg, model=WholeImageModel(), thing_classes=CLASSES,
+                                    predicate_classes=["__no_relation__"] + PREDICATES)
+    images = predict.ImageFiles(files, predictor.prepare)
+    summary = predict.predict_files(predictor, images, str(tmp_path / "out"), batch_size=2, num_workers=1)
 
     processed = {os.path.basename(p["file"]): p for p in summary["processed"]}
     assert sorted(processed) == ["alpha.png", "gray.jpg", "huge.jpg", "one.png"]

@@ -19,9 +19,8 @@ loads them at import when the extension is built, so that nothing is registered 
     def my_op(x, n):
         return load_ops().my_op(x, n)
 
-The fake kernels of the pair-union ops (:mod:`kern_d2.layers.pair_union`) are declared here. Like the C++
-kernels, a fake kernel checks what it can without data (shapes, dtypes, devices); the index ranges need the data
-and are left to the kernels.
+Like the C++ kernels, a fake kernel checks what it can without data (shapes, dtypes, devices); the index ranges
+need the data and are left to the kernels. Op modules import this module, never the other way round.
 """
 import functools
 from typing import Callable, Dict, Set
@@ -84,62 +83,6 @@ def load_ops():
         _ops_loaded = True
         _register_declared_fakes()
     return torch.ops.kern_d2
-
-
-# ------------------------------------------------------------------------------------- pair-union fake kernels
-# pair_union imports this module, hence the imports of its checks inside the functions.
-
-
-def _check_spatial_size(op: str, num_pairs, height, width):
-    # Only a problem when there are pairs to pool; the pair count is tested last (and as a deferred check) since
-    # under tracing it can be a data-dependent size.
-    if height <= 0 or width <= 0:
-        torch._check(num_pairs == 0, lambda: f"{op}: features have an empty spatial size {height}x{width}")
-
-
-@fake_kernel("kern_d2::pair_union_roi_align")
-def _pair_union_roi_align_fake(features, boxes, pair_idx, output_size, spatial_scale, sampling_ratio, aligned):
-    """[M, C, n, n] in the dtype and on the device of ``features``."""
-    from .pair_union import _check_features, _check_layout
-
-    op = "pair_union_roi_align"
-    _check_features(op, features, boxes)
-    _check_layout(op, boxes, 5, pair_idx, output_size, "output_size")
-    _check_spatial_size(op, pair_idx.shape[0], features.shape[2], features.shape[3])
-    return features.new_empty((pair_idx.shape[0], features.shape[1], output_size, output_size))
-
-
-@fake_kernel("kern_d2::_pair_union_roi_align_backward")
-def _pair_union_roi_align_backward_fake(
-    grad, boxes, pair_idx, output_size, spatial_scale, sampling_ratio, aligned, batch_size, channels, height, width
-):
-    """Gradient of the features: [batch_size, channels, height, width] in the dtype and on the device of ``grad``."""
-    from .pair_union import _check_layout
-
-    op = "_pair_union_roi_align_backward"
-    _check_layout(op, boxes, 5, pair_idx, output_size, "output_size")
-    expected = (pair_idx.shape[0], channels, output_size, output_size)
-    if grad.dim() != 4 or tuple(grad.shape) != expected:
-        raise ValueError(
-            f"{op}: grad must be [M, C, output_size, output_size] = {list(expected)}, got shape {tuple(grad.shape)}"
-        )
-    if not grad.is_floating_point():
-        raise ValueError(f"{op}: grad must be a floating-point tensor, got {grad.dtype}")
-    if grad.device != boxes.device:
-        raise ValueError(f"{op}: grad and boxes must be on the same device, got {grad.device} and {boxes.device}")
-    if any(size < 0 for size in (batch_size, channels, height, width)):  # no guard between symbolic sizes
-        raise ValueError(f"{op}: negative features shape {[batch_size, channels, height, width]}")
-    _check_spatial_size(op, pair_idx.shape[0], height, width)
-    return grad.new_empty((batch_size, channels, height, width))
-
-
-@fake_kernel("kern_d2::box_pair_masks")
-def _box_pair_masks_fake(boxes, pair_idx, size):
-    """float32 [M, 2, size, size] on the device of ``boxes``."""
-    from .pair_union import _check_layout
-
-    _check_layout("box_pair_masks", boxes, 4, pair_idx, size, "size")
-    return boxes.new_empty((pair_idx.shape[0], 2, size, size), dtype=torch.float32)
 
 
 # Load now when the extension is built, so that the fake kernels are in place before anything is traced:

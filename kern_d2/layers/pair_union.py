@@ -10,7 +10,7 @@ from typing import Tuple, Union
 
 import torch
 
-from .compiled_ops import load_ops
+from .compiled_ops import fake_kernel, load_ops
 
 __all__ = [
     "box_pair_masks",
@@ -57,6 +57,56 @@ def _check_features(op: str, features: torch.Tensor, boxes: torch.Tensor):
         raise ValueError(
             f"{op}: features and boxes must be on the same device, got {features.device} and {boxes.device}"
         )
+
+
+# ------------------------------------------------------------------------------------- fake kernels
+# Shapes, dtypes and devices of the ops' outputs for FakeTensor tracing (see compiled_ops).
+
+
+def _check_spatial_size(op: str, num_pairs, height, width):
+    # Only a problem when there are pairs to pool; the pair count is tested last (and as a deferred check) since
+    # under tracing it can be a data-dependent size.
+    if height <= 0 or width <= 0:
+        torch._check(num_pairs == 0, lambda: f"{op}: features have an empty spatial size {height}x{width}")
+
+
+@fake_kernel("kern_d2::pair_union_roi_align")
+def _pair_union_roi_align_fake(features, boxes, pair_idx, output_size, spatial_scale, sampling_ratio, aligned):
+    """[M, C, n, n] in the dtype and on the device of ``features``."""
+    op = "pair_union_roi_align"
+    _check_features(op, features, boxes)
+    _check_layout(op, boxes, 5, pair_idx, output_size, "output_size")
+    _check_spatial_size(op, pair_idx.shape[0], features.shape[2], features.shape[3])
+    return features.new_empty((pair_idx.shape[0], features.shape[1], output_size, output_size))
+
+
+@fake_kernel("kern_d2::_pair_union_roi_align_backward")
+def _pair_union_roi_align_backward_fake(
+    grad, boxes, pair_idx, output_size, spatial_scale, sampling_ratio, aligned, batch_size, channels, height, width
+):
+    """Gradient of the features: [batch_size, channels, height, width] in the dtype and on the device of ``grad``."""
+    op = "_pair_union_roi_align_backward"
+    _check_layout(op, boxes, 5, pair_idx, output_size, "output_size")
+    expected = (pair_idx.shape[0], channels, output_size, output_size)
+    if grad.dim() != 4 or tuple(grad.shape) != expected:
+        raise ValueError(
+            f"{op}: grad must be [M, C, output_size, output_size] = {list(expected)}, got shape {tuple(grad.shape)}"
+        )
+    if not grad.is_floating_point():
+        raise ValueError(f"{op}: grad must be a floating-point tensor, got {grad.dtype}")
+    if grad.device != boxes.device:
+        raise ValueError(f"{op}: grad and boxes must be on the same device, got {grad.device} and {boxes.device}")
+    if any(size < 0 for size in (batch_size, channels, height, width)):  # no guard between symbolic sizes
+        raise ValueError(f"{op}: negative features shape {[batch_size, channels, height, width]}")
+    _check_spatial_size(op, pair_idx.shape[0], height, width)
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+@fake_kernel("kern_d2::box_pair_masks")
+def _box_pair_masks_fake(boxes, pair_idx, size):
+    """float32 [M, 2, size, size] on the device of ``boxes``."""
+    _check_layout("box_pair_masks", boxes, 4, pair_idx, size, "size")
+    return boxes.new_empty((pair_idx.shape[0], 2, size, size), dtype=torch.float32)
 
 
 def union_boxes(boxes: torch.Tensor, pair_idx: torch.Tensor) -> torch.Tensor:

@@ -2,16 +2,17 @@
 Detectron2's ``read_image`` does), big JPEGs are decoded at reduced resolution, and every failure is one
 :class:`ImageReadError` whose message says what went wrong with which file.
 """
+import glob
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["ImageReadError", "LoadedImage", "read_image", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageReadError", "LoadedImage", "read_image", "collect_image_files", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
@@ -100,3 +101,37 @@ def read_image(path: str, max_side: Optional[int] = None) -> LoadedImage:
         size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
         rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
     return LoadedImage(rgb=np.ascontiguousarray(rgb), height=height, width=width)
+
+
+def collect_image_files(inputs: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Expand folders (their image files by extension, not recursive, hidden files left out) and globs. Returns
+    (files, in order without repeats; folder entries that are not image files by extension, which are left out).
+    A path or pattern that matches nothing is a FileNotFoundError."""
+    files, ignored, seen = [], [], set()
+
+    def add(path: str):
+        key = os.path.abspath(path)
+        if key not in seen:
+            seen.add(key)
+            files.append(path)
+
+    for item in inputs:
+        if os.path.isdir(item):
+            for name in sorted(os.listdir(item)):
+                path = os.path.join(item, name)
+                if name.startswith(".") or not os.path.isfile(path):
+                    continue
+                if name.lower().endswith(IMAGE_EXTENSIONS):
+                    add(path)
+                else:
+                    ignored.append(path)
+        elif os.path.exists(item):
+            add(item)
+        else:
+            matches = sorted(glob.glob(item))
+            if not matches:
+                raise FileNotFoundError(f"{item}: no such file or folder, and no file matches it as a glob")
+            for path in matches:
+                if os.path.isfile(path):
+                    add(path)
+    return files, ignored

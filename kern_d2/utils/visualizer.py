@@ -16,7 +16,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["draw_scene_graph", "save_image", "box_color", "MIN_LONG_SIDE", "MAX_LONG_SIDE"]
+from .image_io import read_image
+
+__all__ = ["draw_scene_graph", "draw_predicted_scene_graph", "save_image", "box_color", "MIN_LONG_SIDE",
+           "MAX_LONG_SIDE"]
 
 # (subject index, object index, predicate name, score or None)
 Triplet = Tuple[int, int, str, Optional[float]]
@@ -383,6 +386,48 @@ def draw_scene_graph(
     result.paste(picture, (0, 0))
     result.paste(panel, (out_w, 0))
     return np.asarray(result)
+
+
+def draw_predicted_scene_graph(
+    graph,
+    image=None,
+    max_triplets: int = 20,
+    show_unrelated_boxes: Optional[bool] = None,
+    title: Optional[str] = None,
+) -> np.ndarray:
+    """:func:`draw_scene_graph` of a predictor's result (:class:`kern_d2.engine.SceneGraph`).
+
+    Args:
+        image: the graph's image as HxWx3 RGB uint8 at any scale (e.g. reduced: the boxes are scaled to it), or
+            None to read ``graph.file``.
+        show_unrelated_boxes: None: every box in PredCls / SGCls (the given boxes), only related ones in SGDet.
+        title: None: the file name, the image size and the mode.
+    """
+    if image is None:
+        if graph.file is None:
+            raise ValueError("draw_predicted_scene_graph: the graph comes from an array: pass its image")
+        image = read_image(graph.file, max_side=MAX_LONG_SIDE).rgb
+    image = np.asarray(image)
+    if image.ndim < 2 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"draw_predicted_scene_graph: expected an HxWx3 image, got shape {image.shape}")
+    scale = np.array([image.shape[1] / graph.width, image.shape[0] / graph.height] * 2)
+    boxes = np.asarray(graph.boxes, dtype=np.float64).reshape(-1, 4) * scale
+    triplets = [(t.subject, t.object, t.predicate, t.score) for t in graph.triplets]
+    if show_unrelated_boxes is None:
+        show_unrelated_boxes = graph.mode != "sgdet"
+    if title is None:
+        name = os.path.basename(graph.file) if graph.file else "image"
+        title = f"{name}  ({graph.width}x{graph.height}, {graph.mode})"
+    return draw_scene_graph(
+        image,
+        boxes,
+        graph.labels,
+        triplets,
+        box_scores=None if graph.mode == "predcls" else graph.scores,  # PredCls scores are all 1
+        max_triplets=max_triplets,
+        title=title or None,
+        show_unrelated_boxes=show_unrelated_boxes,
+    )
 
 
 def save_image(path: str, rgb: np.ndarray) -> None:

@@ -1,0 +1,41 @@
+"""Training (``SGGTrainer`` and its config helpers) and prediction (``SceneGraphPredictor``) of kern_d2 models."""
+from .given_boxes import dataset_given_boxes, find_given_boxes, load_given_boxes
+from .predictor import ImagePreparer, PreparedImage, SceneGraphPredictor, resolve_class_names
+from .scene_graph import SCHEMA_VERSION, SceneGraph, Triplet
+from .trainer import (
+    BestModelCheckpointer,
+    SGGTrainer,
+    amp_precision,
+    best_metric_key,
+    check_training_config,
+    close_process_group,
+    is_sgg_model,
+    load_cfg,
+    setup_cfg,
+    share_cpu_cores,
+    wrap_for_distributed,
+)
+
+__all__ = [
+    "BestModelCheckpointer",
+    "ImagePreparer",
+    "PreparedImage",
+    "SCHEMA_VERSION",
+    "SGGTrainer",
+    "SceneGraph",
+    "SceneGraphPredictor",
+    "Triplet",
+    "amp_precision",
+    "best_metric_key",
+    "check_training_config",
+    "close_process_group",
+    "dataset_given_boxes",
+    "find_given_boxes",
+    "is_sgg_model",
+    "load_cfg",
+    "load_given_boxes",
+    "resolve_class_names",
+    "setup_cfg",
+    "share_cpu_cores",
+    "wrap_for_distributed",
+]
