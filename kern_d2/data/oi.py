@@ -21,6 +21,7 @@ from typing import List, Tuple
 
 import numpy as np
 
+from ..evaluation.oi_metrics import OI_EVALUATOR_TYPE
 from .arrays import DatasetFormatError, clean_annotations, keep_images, to_dataset_dicts
 from .image_files import check_image_files
 from .ragged import flatten_image_lists, read_json_file
@@ -30,7 +31,6 @@ from .vg_format import NO_RELATION
 logger = logging.getLogger(__name__)
 
 OI_SPLITS = ("train", "val", "test")
-OI_EVALUATOR_TYPE = "sgg_oi"  # SceneGraphEvaluator adds the Open Images metrics for this type
 _FIELDS = {"boxes": "bbox", "labels": "det_labels", "relations": "rel"}
 
 
