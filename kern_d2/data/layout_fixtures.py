@@ -90,16 +90,18 @@ def write_gqa_layout(root: str, train: List[dict], test: List[dict], thing_class
 
 def random_scene_graph_dicts(rng: np.random.Generator, num_images: int, num_classes: int, num_predicates: int,
                              max_boxes: int = 8, max_relations: int = 10, first_id: int = 1) -> List[dict]:
-    """Random SGG dataset dicts: integer-pixel XYXY boxes inside 64-640 px images, 1..max_boxes boxes and
-    0..max_relations relations (predicates 1..num_predicates-1, duplicates possible) per image; no image files."""
+    """Random SGG dataset dicts: integer-pixel XYXY boxes inside 64-640 px images (at least 1 px wide and high),
+    1..max_boxes boxes and 0..max_relations relations (predicates 1..num_predicates-1, duplicates possible) per
+    image; no image files."""
+    def intervals(size, n):
+        start = rng.integers(0, size, size=n)
+        return np.stack([start, start + 1 + (rng.random(n) * (size - start)).astype(np.int64)], axis=1)
+
     dicts = []
     for k in range(num_images):
         width, height = (int(v) for v in rng.integers(64, 641, size=2))
         n = int(rng.integers(1, max_boxes + 1))
-        x = np.sort(rng.integers(0, width + 1, size=(n, 2)), axis=1)
-        y = np.sort(rng.integers(0, height + 1, size=(n, 2)), axis=1)
-        x[:, 1] = np.maximum(x[:, 1], x[:, 0] + 1)  # at least one pixel wide and high (may exceed the image)
-        y[:, 1] = np.maximum(y[:, 1], y[:, 0] + 1)
+        x, y = intervals(width, n), intervals(height, n)
         r = int(rng.integers(0, max_relations + 1)) if n > 1 else 0
         pairs = rng.integers(0, n, size=(r, 2))
         pairs = pairs[pairs[:, 0] != pairs[:, 1]]
