@@ -21,9 +21,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from .arrays import DatasetFormatError, clean_annotations, keep_images, to_dataset_dicts
-from .image_files import check_image_files
-from .ragged import flatten_image_lists, read_json_file
+from .arrays import DatasetFormatError, keep_images
+from .ragged import finish_split, flatten_image_lists, read_json_object
 from .registration import register_sgg_dataset
 from .vg_format import NO_RELATION
 
@@ -55,19 +54,13 @@ def _without_background(names, path: str, key: str) -> List[str]:
 
 def read_gqa_classes(id_info_file: str) -> Tuple[List[str], List[str]]:
     """(thing_classes [C], predicate_classes [P] with "__no_relation__" first) from ``GQA_200_ID_Info.json``."""
-    data = read_json_file(id_info_file, "GQA ID-info json")
-    missing = [k for k in ("ind_to_classes", "ind_to_predicates") if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise DatasetFormatError(f"{id_info_file}: missing keys {missing}")
+    data = read_json_object(id_info_file, "GQA ID-info json", ("ind_to_classes", "ind_to_predicates"))
     return (_without_background(data["ind_to_classes"], id_info_file, "ind_to_classes"),
             [NO_RELATION] + _without_background(data["ind_to_predicates"], id_info_file, "ind_to_predicates"))
 
 
 def _read_annotations(annotation_file: str) -> dict:
-    data = read_json_file(annotation_file, "GQA-200 annotation json")
-    missing = [k for k in _KEYS if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise DatasetFormatError(f"{annotation_file}: missing keys {missing}")
+    data = read_json_object(annotation_file, "GQA-200 annotation json", _KEYS)
     lengths = {k: len(data[k]) if isinstance(data[k], list) else -1 for k in _KEYS}
     if len(set(lengths.values())) != 1 or -1 in lengths.values():
         raise DatasetFormatError(f"{annotation_file}: the per-image lists must be lists of one length, got {lengths}")
@@ -136,12 +129,8 @@ def load_gqa_sgg(
     arrays = keep_images(arrays, (arrays.box_counts > 0) & (arrays.rel_counts > 0))
     if split == "val":
         arrays = keep_images(arrays, np.arange(arrays.num_images) < num_val_images)
-    arrays = clean_annotations(arrays, filter_empty_rels=True, filter_non_overlap=filter_non_overlap, source=source,
-                               logger=logger)
-    arrays = keep_images(arrays, check_image_files(arrays.file_names, missing_images, source, logger))
-    logger.info(f"Loaded {arrays.num_images} images, {len(arrays.boxes)} boxes, {len(arrays.relations)} relations "
-                f"from {source}")
-    return to_dataset_dicts(arrays)
+    return finish_split(arrays, filter_empty_rels=True, filter_non_overlap=filter_non_overlap,
+                        missing_images=missing_images, source=source, logger=logger)
 
 
 def register_gqa_sgg(name: str, root: str, split: str, **kwargs):

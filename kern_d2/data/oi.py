@@ -22,9 +22,8 @@ from typing import List, Tuple
 import numpy as np
 
 from ..evaluation.oi_metrics import OI_EVALUATOR_TYPE
-from .arrays import DatasetFormatError, clean_annotations, keep_images, to_dataset_dicts
-from .image_files import check_image_files
-from .ragged import flatten_image_lists, read_json_file
+from .arrays import DatasetFormatError
+from .ragged import finish_split, flatten_image_lists, read_json_file, read_json_object
 from .registration import register_sgg_dataset
 from .vg_format import NO_RELATION
 
@@ -51,10 +50,7 @@ def _name_list(names, path: str, key: str) -> List[str]:
 
 def read_oi_classes(categories_file: str) -> Tuple[List[str], List[str]]:
     """(thing_classes [C], predicate_classes [P] with "__no_relation__" first) from ``categories_dict.json``."""
-    data = read_json_file(categories_file, "Open Images categories json")
-    missing = [k for k in ("obj", "rel") if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise DatasetFormatError(f"{categories_file}: missing keys {missing} (expected 'obj' and 'rel' name lists)")
+    data = read_json_object(categories_file, "Open Images categories json", ("obj", "rel"))
     return (_name_list(data["obj"], categories_file, "obj"),
             [NO_RELATION] + _name_list(data["rel"], categories_file, "rel"))
 
@@ -120,12 +116,8 @@ def load_oi_sgg(
         names=_FIELDS,
         where=where,
     )
-    arrays = clean_annotations(arrays, filter_empty_rels=filter_empty_rels, filter_non_overlap=filter_non_overlap,
-                               source=annotation_file, logger=logger)
-    arrays = keep_images(arrays, check_image_files(arrays.file_names, missing_images, annotation_file, logger))
-    logger.info(f"Loaded {arrays.num_images} images, {len(arrays.boxes)} boxes, {len(arrays.relations)} relations "
-                f"from {annotation_file}")
-    return to_dataset_dicts(arrays)
+    return finish_split(arrays, filter_empty_rels=filter_empty_rels, filter_non_overlap=filter_non_overlap,
+                        missing_images=missing_images, source=annotation_file, logger=logger)
 
 
 def register_oi_sgg(name: str, root: str, split: str, **kwargs):

@@ -11,7 +11,8 @@ from typing import Callable, List, Sequence
 
 import numpy as np
 
-from .arrays import DatasetFormatError, SGGArrays
+from .arrays import DatasetFormatError, SGGArrays, clean_annotations, keep_images, to_dataset_dicts
+from .image_files import check_image_files
 
 
 def read_json_file(path: str, what: str):
@@ -23,6 +24,27 @@ def read_json_file(path: str, what: str):
             return json.load(f)
         except json.JSONDecodeError as e:
             raise DatasetFormatError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_json_object(path: str, what: str, keys: Sequence[str]) -> dict:
+    """The json object at ``path``, which must have ``keys``; errors name the file and the missing keys."""
+    data = read_json_file(path, what)
+    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise DatasetFormatError(f"{path}: missing keys {missing} (expected {list(keys)})")
+    return data
+
+
+def finish_split(arrays: SGGArrays, *, filter_empty_rels: bool, filter_non_overlap: bool, missing_images: str,
+                 source: str, logger) -> List[dict]:
+    """Clean ``arrays`` (clip, degenerate boxes, filters), apply the missing-image policy, log the totals and return
+    the dataset dicts; ``source`` names the split in the messages."""
+    arrays = clean_annotations(arrays, filter_empty_rels=filter_empty_rels, filter_non_overlap=filter_non_overlap,
+                               source=source, logger=logger)
+    arrays = keep_images(arrays, check_image_files(arrays.file_names, missing_images, source, logger))
+    logger.info(f"Loaded {arrays.num_images} images, {len(arrays.boxes)} boxes, {len(arrays.relations)} relations "
+                f"from {source}")
+    return to_dataset_dicts(arrays)
 
 
 def _lengths(lists: Sequence, name: str, where: Callable[[int], str]) -> np.ndarray:
