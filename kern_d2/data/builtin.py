@@ -10,11 +10,16 @@ Root: ``$KERN_DATASETS`` (default ``datasets``, relative to the working director
   as VG (plain variant); val size from the h5's ``num_val_images`` attribute.
 - ``synth_train``, ``synth_val``, ``synth_test`` under ``<root>/synth/`` (``tools/make_synth_dataset.py``, the
   benchmark of datasets/README.md), laid out as the toy.
+- ``oiv6_{train,val,test}`` under ``<root>/oiv6/`` and ``oiv4_*`` under ``<root>/oiv4/``: the processed Open Images
+  layout of BGNN / PySGG (``annotations/``, ``images/``; see :mod:`kern_d2.data.oi`).
+- ``gqa200_{train,val,test}`` under ``<root>/gqa/``: GQA-200 of SHA-GCL (see :mod:`kern_d2.data.gqa`).
 
 The names are registered even when the files are absent; loading them then fails naming the missing file.
 """
 import os
 
+from .gqa import GQA_SPLITS, register_gqa_sgg
+from .oi import OI_SPLITS, register_oi_sgg
 from .vg import SPLITS, register_vg_sgg
 
 
@@ -48,10 +53,25 @@ def register_toy(root: str, prefix: str = "toy", **kwargs):
         )
 
 
+def register_open_images(root: str, prefix: str, **kwargs):
+    """Register ``<prefix>_train/val/test`` for the Open Images folder ``root`` (kwargs go to ``load_oi_sgg``)."""
+    for split in OI_SPLITS:
+        register_oi_sgg(f"{prefix}_{split}", root, split, **kwargs)
+
+
+def register_gqa200(root: str, prefix: str = "gqa200", **kwargs):
+    """Register ``<prefix>_train/val/test`` for the GQA-200 folder ``root`` (kwargs go to ``load_gqa_sgg``)."""
+    for split in GQA_SPLITS:
+        register_gqa_sgg(f"{prefix}_{split}", root, split, **kwargs)
+
+
 def register_all_builtin(root: str):
     register_vg150(os.path.join(root, "vg"))
     register_toy(os.path.join(root, "toy"))
     register_toy(os.path.join(root, "synth"), prefix="synth")
+    register_open_images(os.path.join(root, "oiv6"), "oiv6")
+    register_open_images(os.path.join(root, "oiv4"), "oiv4")
+    register_gqa200(os.path.join(root, "gqa"))
 
 
 register_all_builtin(os.environ.get("KERN_DATASETS", "datasets"))

@@ -27,7 +27,7 @@ def register_sgg_dataset(
         return load()
 
     DatasetCatalog.register(name, load_and_set_classes)
-    MetadataCatalog.get(name).set(evaluator_type="sgg", **metadata)
+    MetadataCatalog.get(name).set(**{"evaluator_type": "sgg", **metadata})  # metadata may name another type
     if os.path.isfile(classes_file):
         set_sgg_classes(name, *read_classes())
 

@@ -18,6 +18,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from .oi_metrics import OI_EVALUATOR_TYPE, OI_METRICS, OIMetricAccumulator
 from .sgg_metrics import (
     MODES,
     SGGMetricAccumulator,
@@ -118,7 +119,9 @@ def prediction_from_output(output: dict, image_id) -> dict:
 
 
 class SceneGraphEvaluator(DatasetEvaluator):
-    """R@K, ng-R@K, mR@K, ng-mR@K and zR@K of scene graph predictions (definitions in docs/metrics.md).
+    """R@K, ng-R@K, mR@K, ng-mR@K and zR@K of scene graph predictions (definitions in docs/metrics.md), plus the
+    Open Images metrics (oi-R@50, mAP/wmAP_rel, mAP/wmAP_phr, score_wtd; :mod:`.oi_metrics`) for datasets whose
+    metadata ``evaluator_type`` is ``"sgg_oi"``.
 
     ``evaluate()`` returns ``{"sgg": {metric: percent}}`` and, with an ``output_dir``, writes ``sgg_metrics.json``
     (every figure, per-predicate ones with names) and ``sgg_per_predicate.png``.
@@ -147,6 +150,17 @@ class SceneGraphEvaluator(DatasetEvaluator):
             if record["image_id"] in self._gt:
                 raise ValueError(f"dataset '{dataset_name}': image_id {record['image_id']} occurs twice")
             self._gt[record["image_id"]] = (position, gt_from_dataset_dict(record, dataset_name))
+        self._oi = None  # the extra metric set chosen by the dataset's evaluator_type
+        if MetadataCatalog.get(dataset_name).get("evaluator_type", "sgg") == OI_EVALUATOR_TYPE:
+            self._oi = OIMetricAccumulator(mode, self._num_predicates(), iou_thresh, legacy_iou)
+
+    def _num_predicates(self) -> int:
+        """P ("no relation" included): the dataset's predicate list (read by the loader), else the gt's largest id."""
+        names = MetadataCatalog.get(self._dataset_name).get("predicate_classes", None)
+        if names is not None:
+            return len(names)
+        return 1 + max((int(gt["relations"][:, 2].max()) for _, gt in self._gt.values() if len(gt["relations"])),
+                       default=0)
 
     @classmethod
     def from_cfg(cls, cfg, dataset_name: str, output_dir: str = None, distributed: bool = True):
@@ -174,6 +188,8 @@ class SceneGraphEvaluator(DatasetEvaluator):
 
     def reset(self):
         self._accumulator.records = []
+        if self._oi is not None:
+            self._oi.records = []
 
     def process(self, inputs, outputs):
         for input_, output in zip(inputs, outputs):
@@ -181,23 +197,33 @@ class SceneGraphEvaluator(DatasetEvaluator):
             if image_id not in self._gt:
                 raise KeyError(f"SceneGraphEvaluator: image_id {image_id} is not in dataset '{self._dataset_name}'")
             position, gt = self._gt[image_id]
-            self._accumulator.add(gt, prediction_from_output(output, image_id), key=position)
+            prediction = prediction_from_output(output, image_id)
+            self._accumulator.add(gt, prediction, key=position)
+            if self._oi is not None:
+                self._oi.add(gt, prediction, key=position)
 
-    def gathered_records(self):
-        """Every process's records merged in dataset order on the main process; [] elsewhere."""
+    def gathered_records(self, records=None):
+        """Every process's records (default: the recall records) merged in dataset order on the main process; []
+        elsewhere."""
+        records = self._accumulator.records if records is None else records
         if not self._distributed:
-            return merge_image_hits([self._accumulator.records])
+            return merge_image_hits([records])
         comm.synchronize()
-        parts = comm.gather(self._accumulator.records, dst=0)
+        parts = comm.gather(records, dst=0)
         return merge_image_hits(parts) if comm.is_main_process() else []
 
     def evaluate(self):
         records = self.gathered_records()
+        oi_records = self.gathered_records(self._oi.records) if self._oi is not None else None
         if not records:
             if comm.is_main_process() or not self._distributed:
                 self._logger.warning("[SceneGraphEvaluator] Did not receive valid predictions.")
             return {}
         metrics = self._accumulator.summarize(records)
+        if self._oi is not None:
+            oi_metrics = self._oi.summarize(oi_records)
+            metrics["per_predicate"].update(oi_metrics.pop("per_predicate"))
+            metrics.update(oi_metrics)
         per_predicate = {name: {p: 100.0 * v for p, v in values.items()}
                          for name, values in metrics.pop("per_predicate").items()}
         results = OrderedDict((name, 100.0 * value) for name, value in metrics.items())
@@ -213,7 +239,10 @@ class SceneGraphEvaluator(DatasetEvaluator):
             f"Scene graph evaluation ({self.mode}) on '{self._dataset_name}': {len(records)} images, "
             f"{num_with_relations} with gt relations, {sum(counts.values())} gt triplets; recall in %:\n"
             + headline_table(results, ks))
-        self._logger.info("Per-predicate recall in %, most frequent predicate first:\n" + per_predicate_table(rows))
+        if self._oi is not None:
+            self._logger.info("Open Images metrics in % (score_wtd = 0.2 oi-R@50 + 0.4 wmAP_rel + 0.4 wmAP_phr):\n"
+                              + per_predicate_table([{name: results[name] for name in OI_METRICS}]))
+        self._logger.info("Per-predicate figures in %, most frequent predicate first:\n" + per_predicate_table(rows))
         if not self._output_dir:
             return
         PathManager.mkdirs(self._output_dir)
@@ -229,9 +258,14 @@ class SceneGraphEvaluator(DatasetEvaluator):
             "num_images_with_relations": num_with_relations,
             "num_gt_triplets": sum(counts.values()),
             "num_zero_shot_triplet_types": None if zero_shot is None else int(zero_shot.shape[0]),
+            "evaluator_type": "sgg" if self._oi is None else OI_EVALUATOR_TYPE,
             "metrics": dict(results),
             "per_predicate": rows,
         })
         k = max(ks)
         plot_per_predicate(os.path.join(self._output_dir, "sgg_per_predicate.png"), rows, k,
                            f"{self._dataset_name} ({self.mode}): per-predicate recall@{k}, by gt frequency")
+        if self._oi is not None:
+            plot_per_predicate(os.path.join(self._output_dir, "sgg_oi_per_predicate_ap.png"), rows, k,
+                               f"{self._dataset_name} ({self.mode}): per-predicate AP, by gt frequency",
+                               columns=("AP_rel", "AP_phr"), ylabel="AP (%)")

@@ -15,10 +15,12 @@ __all__ = [
     "ImageHits",
     "SGGMetricAccumulator",
     "compute_sgg_metrics",
+    "gt_arrays",
     "gt_predicate_counts",
     "image_hits",
     "merge_image_hits",
     "pairwise_iou",
+    "prediction_arrays",
     "stable_topk_desc",
     "summarize_image_hits",
     "triplet_keys",
@@ -189,17 +191,9 @@ def _first_hit_ranks(gt_rels, gt_labels, box_match, rel_pairs, labels, cand_pair
     return np.where(hit.any(axis=1), hit.argmax(axis=1), max_k).astype(np.int64)
 
 
-def image_hits(gt: dict, pred: dict, mode: str, max_k: int = 100, iou_thresh: float = 0.5,
-               legacy_iou: bool = False, key: int = 0) -> ImageHits:
-    """Rank one image's predictions and find, per gt triplet, its first hit (see :class:`ImageHits`).
-
-    gt: ``boxes`` [G,4] XYXY, ``labels`` [G], ``relations`` [R,3] (subject, object, predicate >= 1).
-    pred: ``boxes`` [N,4], ``labels`` [N], ``scores`` [N], ``rel_pairs`` [M,2], ``rel_scores`` [M,P].
-    Triplet score = predicate score x (subject score x object score), in float64.
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    where = f"image {gt.get('image_id', key)}"
+def gt_arrays(gt: dict, where: str):
+    """(boxes [G,4], labels [G], relations [R,3], triplets [R,3]) of one image's gt, checked (format in
+    :func:`image_hits`); triplets are (subject label, object label, predicate)."""
     gt_boxes = _field(gt, "boxes", f"{where} gt", np.float64, (-1, 4))
     gt_labels = _field(gt, "labels", f"{where} gt", np.int64, (-1,))
     gt_rels = _field(gt, "relations", f"{where} gt", np.int64, (-1, 3))
@@ -209,10 +203,12 @@ def image_hits(gt: dict, pred: dict, mode: str, max_k: int = 100, iou_thresh: fl
     if gt_rels.size and gt_rels[:, 2].min() < 1:
         raise ValueError(f"{where} gt: relation predicates must be >= 1 (0 means no relation)")
     triplets = np.stack([gt_labels[gt_rels[:, 0]], gt_labels[gt_rels[:, 1]], gt_rels[:, 2]], axis=1)
-    if gt_rels.shape[0] == 0:
-        none = np.zeros(0, dtype=np.int64)
-        return ImageHits(key, triplets, none, none)
+    return gt_boxes, gt_labels, gt_rels, triplets
 
+
+def prediction_arrays(gt_boxes, gt_labels, gt_rels, pred: dict, mode: str, where: str):
+    """(boxes [N,4], labels [N], scores [N], rel_pairs [M,2], rel_scores [M,P]) that one image's predicted pairs
+    index into, checked against the gt (format in :func:`image_hits`; predcls / sgcls use the gt boxes)."""
     boxes, labels, scores = _objects(gt_boxes, gt_labels, pred, mode, where)
     rel_pairs = _field(pred, "rel_pairs", f"{where} prediction", np.int64, (-1, 2))
     if "rel_scores" not in pred:
@@ -225,11 +221,30 @@ def image_hits(gt: dict, pred: dict, mode: str, max_k: int = 100, iou_thresh: fl
     if rel_scores.ndim != 2 or rel_scores.shape[0] != rel_pairs.shape[0]:
         raise ValueError(f"{where} prediction: 'rel_scores' must be [M, P] with M = {rel_pairs.shape[0]} pairs, "
                          f"got {rel_scores.shape}")
-    if rel_pairs.shape[0] and gt_rels[:, 2].max() >= rel_scores.shape[1]:
+    if rel_pairs.shape[0] and gt_rels.size and gt_rels[:, 2].max() >= rel_scores.shape[1]:
         raise ValueError(f"{where}: gt predicate {gt_rels[:, 2].max()} has no column in 'rel_scores' "
                          f"({rel_scores.shape[1]} predicates incl. no-relation)")
     _check_indices(rel_pairs, boxes.shape[0], f"{where} prediction", "rel_pairs")
+    return boxes, labels, scores, rel_pairs, rel_scores
 
+
+def image_hits(gt: dict, pred: dict, mode: str, max_k: int = 100, iou_thresh: float = 0.5,
+               legacy_iou: bool = False, key: int = 0) -> ImageHits:
+    """Rank one image's predictions and find, per gt triplet, its first hit (see :class:`ImageHits`).
+
+    gt: ``boxes`` [G,4] XYXY, ``labels`` [G], ``relations`` [R,3] (subject, object, predicate >= 1).
+    pred: ``boxes`` [N,4], ``labels`` [N], ``scores`` [N], ``rel_pairs`` [M,2], ``rel_scores`` [M,P].
+    Triplet score = predicate score x (subject score x object score), in float64.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    where = f"image {gt.get('image_id', key)}"
+    gt_boxes, gt_labels, gt_rels, triplets = gt_arrays(gt, where)
+    if gt_rels.shape[0] == 0:
+        none = np.zeros(0, dtype=np.int64)
+        return ImageHits(key, triplets, none, none)
+
+    boxes, labels, scores, rel_pairs, rel_scores = prediction_arrays(gt_boxes, gt_labels, gt_rels, pred, mode, where)
     pair_scores = scores[rel_pairs[:, 0]] * scores[rel_pairs[:, 1]]
     gc_pairs, gc_preds, ng_pairs, ng_preds = _rankings(rel_scores, pair_scores, max_k, where)
     box_match = pairwise_iou(gt_boxes, boxes, legacy=legacy_iou) >= iou_thresh

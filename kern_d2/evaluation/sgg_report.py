@@ -58,8 +58,11 @@ def write_json(path: str, payload: dict):
         json.dump(_json_safe(payload), f, indent=2)
 
 
-def plot_per_predicate(path: str, rows: List[dict], k: int, title: str):
-    """Bar plot PNG of per-predicate R@k and ng-R@k (percent), predicates in the order of ``rows``."""
+def plot_per_predicate(path: str, rows: List[dict], k: int, title: str, columns: Sequence[str] = None,
+                       ylabel: str = "recall (%)"):
+    """Bar plot PNG of two per-predicate figures (default R@k and ng-R@k, percent), predicates in the order of
+    ``rows``."""
+    first, second = columns or (f"R@{k}", f"ng-R@{k}")
     from detectron2.utils.file_io import PathManager
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: leaves the global backend alone
     from matplotlib.figure import Figure
@@ -69,13 +72,13 @@ def plot_per_predicate(path: str, rows: List[dict], k: int, title: str):
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     positions = range(len(rows))
-    axes.bar([x - 0.2 for x in positions], [r[f"R@{k}"] for r in rows], width=0.4, label=f"R@{k}")
-    axes.bar([x + 0.2 for x in positions], [r[f"ng-R@{k}"] for r in rows], width=0.4, label=f"ng-R@{k}")
+    axes.bar([x - 0.2 for x in positions], [r[first] for r in rows], width=0.4, label=first)
+    axes.bar([x + 0.2 for x in positions], [r[second] for r in rows], width=0.4, label=second)
     axes.set_xticks(list(positions))
     axes.set_xticklabels([f"{r['name']} ({r['gt_count']})" for r in rows], rotation=90, fontsize=7)
     axes.set_xlim(-0.6, len(rows) - 0.4)
     axes.set_ylim(0, 100)
-    axes.set_ylabel("recall (%)")
+    axes.set_ylabel(ylabel)
     axes.set_title(title, fontsize=9)
     axes.legend(fontsize=8)
     figure.tight_layout()
