@@ -63,10 +63,11 @@ def parse_args(argv=None):
     if len(args.opts) % 2:
         parser.error("--opts takes KEY VALUE pairs")
     known = DATASETS.get(args.dataset, {})
-    args.detector_config = args.detector_config or known.get("detector_config")
-    args.kern_config = args.kern_config or known.get("kern_config")
-    if not args.detector_config or not args.kern_config:
+    if not (args.detector_config or known) or not (args.kern_config or known):
         parser.error(f"dataset {args.dataset!r} has no default configs: give --detector-config and --kern-config")
+    # The runs work in the repository root: the user's paths from here, the defaults from the root.
+    args.detector_config = os.path.abspath(args.detector_config or os.path.join(ROOT, known["detector_config"]))
+    args.kern_config = os.path.abspath(args.kern_config or os.path.join(ROOT, known["kern_config"]))
     try:
         args.variants = dict(parse_variant(tokens) for tokens in args.variant)
         variant_models(args.variants)
