@@ -2,11 +2,15 @@
 per-predicate recall (predicates sorted by gt frequency, as in the KERN paper's per-predicate figure)."""
 import json
 import math
+import os
 from typing import Dict, List, Optional, Sequence
 
 from tabulate import tabulate
 
-__all__ = ["headline_table", "per_predicate_rows", "per_predicate_table", "plot_per_predicate", "write_json"]
+__all__ = [
+    "headline_table", "new_figure", "per_predicate_rows", "per_predicate_table", "plot_per_predicate",
+    "read_sgg_metrics", "save_figure", "write_json",
+]
 
 _FAMILIES = ("R", "ng-R", "mR", "ng-mR", "zR", "ng-zR")
 
@@ -58,18 +62,41 @@ def write_json(path: str, payload: dict):
         json.dump(_json_safe(payload), f, indent=2)
 
 
+def read_sgg_metrics(output_dir: str, dataset_name: str) -> dict:
+    """The ``sgg_metrics.json`` that an evaluation of ``dataset_name`` wrote under ``output_dir`` (Detectron2's
+    ``OUTPUT_DIR/inference/<dataset>/`` layout); null figures come back as NaN."""
+    path = os.path.join(output_dir, "inference", dataset_name, "sgg_metrics.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no scene graph metrics at {path}")
+    with open(path) as f:
+        return json.load(f, object_hook=lambda d: {k: math.nan if v is None else v for k, v in d.items()})
+
+
+def new_figure(width: float, height: float):
+    """A matplotlib Figure on an Agg canvas: no pyplot, so the global backend is left alone."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure, path: str):
+    """``figure`` as a PNG at ``path`` (laid out tight)."""
+    from detectron2.utils.file_io import PathManager
+
+    figure.tight_layout()
+    with PathManager.open(path, "wb") as f:
+        figure.savefig(f, format="png")
+
+
 def plot_per_predicate(path: str, rows: List[dict], k: int, title: str, columns: Sequence[str] = None,
                        ylabel: str = "recall (%)"):
     """Bar plot PNG of two per-predicate figures (default R@k and ng-R@k, percent), predicates in the order of
     ``rows``."""
     first, second = columns or (f"R@{k}", f"ng-R@{k}")
-    from detectron2.utils.file_io import PathManager
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: leaves the global backend alone
-    from matplotlib.figure import Figure
-
-    width = max(6.0, 0.28 * len(rows) + 1.5)
-    figure = Figure(figsize=(width, 4.5), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = new_figure(max(6.0, 0.28 * len(rows) + 1.5), 4.5)
     axes = figure.add_subplot(1, 1, 1)
     positions = range(len(rows))
     axes.bar([x - 0.2 for x in positions], [r[first] for r in rows], width=0.4, label=first)
@@ -81,6 +108,4 @@ def plot_per_predicate(path: str, rows: List[dict], k: int, title: str, columns:
     axes.set_ylabel(ylabel)
     axes.set_title(title, fontsize=9)
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    with PathManager.open(path, "wb") as f:
-        figure.savefig(f, format="png")
+    save_figure(figure, path)

@@ -1,0 +1,316 @@
+"""A study of KERN against its baselines over modes and seeds: which runs to make, and the report of their results.
+
+``tools/run_study.py`` trains every (mode, model, seed) with :func:`model_overrides` and :func:`mode_overrides`,
+then :func:`aggregate` turns their ``sgg_metrics.json`` into mean, std and per-seed values, :func:`make_claims`
+tests "KERN is ahead" on mR@50 against the spread between seeds, and :func:`markdown_report`,
+:func:`plot_metric_by_model` and :func:`plot_per_predicate_comparison` write the report.
+"""
+import math
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from tabulate import tabulate
+
+from .sgg_report import new_figure, save_figure, write_json
+
+__all__ = [
+    "MODELS", "MODES", "MODE_TITLES", "STUDY_METRICS", "StudyRun", "aggregate", "compare", "make_claims",
+    "markdown_report", "mode_overrides", "model_overrides", "models_of_mode", "plan_runs", "plot_metric_by_model",
+    "plot_per_predicate_comparison", "summarize", "scaled_schedule", "variant_models", "write_report",
+]
+
+MODES = ("predcls", "sgcls", "sgdet")
+MODE_TITLES = {"predcls": "PredCls", "sgcls": "SGCls", "sgdet": "SGDet"}
+# (USE_GT_BOX, USE_GT_OBJECT_LABEL)
+_MODE_SWITCHES = {"predcls": (True, True), "sgcls": (True, False), "sgdet": (False, False)}
+STUDY_METRICS = tuple(f"{family}@{k}" for family in ("R", "mR", "ng-mR", "zR", "ng-R") for k in (20, 50, 100))
+PER_PREDICATE_METRIC = "R@50"
+CLAIM_METRIC = "mR@50"
+
+# Study models: MODEL.ROI_RELATION_HEAD keys, and the modes they exist in. VRFC keeps the config's object routing,
+# so KERN vs VRFC isolates the relation routing over the predicate prior; FREQ is not trained (no object routing:
+# in SGCls/SGDet its labels are the detector's).
+MODELS = {
+    "kern": {"keys": {"NAME": "KERN"}},
+    "vrfc": {"keys": {"NAME": "VRFC"}},
+    "freq": {"keys": {"NAME": "FREQ", "USE_OBJECT_ROUTING": False}, "eval_only": True},
+    "kern_uniform": {"keys": {"NAME": "KERN", "USE_PRIORS": False}},
+    "kern_no_obj_routing": {"keys": {"NAME": "KERN", "USE_OBJECT_ROUTING": False}, "modes": ("sgcls", "sgdet")},
+}
+
+
+def mode_overrides(mode: str) -> List[str]:
+    """Config overrides (KEY VALUE ...) that select ``mode``."""
+    if mode not in _MODE_SWITCHES:
+        raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+    gt_box, gt_label = _MODE_SWITCHES[mode]
+    return ["MODEL.ROI_RELATION_HEAD.USE_GT_BOX", str(gt_box), "MODEL.ROI_RELATION_HEAD.USE_GT_OBJECT_LABEL",
+            str(gt_label)]
+
+
+def model_overrides(keys: Dict[str, object]) -> List[str]:
+    """Config overrides for ``keys``: short names are MODEL.ROI_RELATION_HEAD keys, dotted names are full keys."""
+    opts = []
+    for key, value in keys.items():
+        opts += [key if "." in key else f"MODEL.ROI_RELATION_HEAD.{key}", str(value)]
+    return opts
+
+
+def models_of_mode(models: Sequence[str], mode: str, model_table: Dict[str, dict] = MODELS) -> List[str]:
+    """The models of ``models`` that exist in ``mode``."""
+    return [m for m in models if mode in model_table[m].get("modes", MODES)]
+
+
+def variant_models(variants: Dict[str, Dict[str, object]]) -> Dict[str, dict]:
+    """Entries of a model table for extra KERN variants: {name: {key: value}} (keys as :func:`model_overrides`)."""
+    clash = sorted(set(variants) & set(MODELS))
+    if clash:
+        raise ValueError(f"variant names {clash} are study models already")
+    return {name: {"keys": dict({"NAME": "KERN"}, **keys)} for name, keys in variants.items()}
+
+
+@dataclass
+class StudyRun:
+    """One training (or, for an eval-only model, one evaluation) of the study."""
+
+    mode: str
+    model: str
+    seed: Optional[int]  # None: eval-only, seed-independent
+    output_dir: str
+    argv: List[str]  # tools/train_net.py and its arguments
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode} {self.model}" + ("" if self.seed is None else f" seed {self.seed}")
+
+
+def plan_runs(config_file: str, output_dir: str, modes: Sequence[str], models: Sequence[str], seeds: Sequence[int],
+              common: Sequence[str] = (), schedule: Sequence[str] = (), extra: Sequence[str] = (),
+              model_table: Dict[str, dict] = MODELS) -> List[StudyRun]:
+    """The runs of a study: every mode, model that exists in it, and seed (eval-only models once per mode).
+
+    Args:
+        config_file: the KERN base config.
+        common: overrides of every run (detector weights, priors, device, test dataset).
+        schedule: overrides of the trained runs (iterations, see :func:`scaled_schedule`).
+        extra: overrides of every run, last (the user's).
+    Each run's overrides: OUTPUT_DIR, ``common``, the mode's switches, the model's keys, SEED and ``schedule``
+    (trained runs), ``extra``."""
+    runs = []
+    for mode in modes:
+        for model in models_of_mode(models, mode, model_table):
+            spec = model_table[model]
+            eval_only = spec.get("eval_only", False)
+            for seed in [None] if eval_only else seeds:
+                run_dir = os.path.join(output_dir, mode, model if seed is None else f"{model}_seed{seed}")
+                argv = ["tools/train_net.py", "--config-file", config_file] + (["--eval-only"] if eval_only else [])
+                argv += ["OUTPUT_DIR", run_dir] + list(common) + mode_overrides(mode) + model_overrides(spec["keys"])
+                argv += [] if eval_only else ["SEED", str(seed)] + list(schedule)
+                runs.append(StudyRun(mode, model, seed, run_dir, argv + list(extra)))
+    return runs
+
+
+def scaled_schedule(solver, iters: int) -> List[str]:
+    """Overrides that run a solver config ``solver`` (a CfgNode's SOLVER) for ``iters`` iterations: MAX_ITER, and
+    STEPS and WARMUP_ITERS scaled by the same factor (at least 1 iteration apart, inside the run)."""
+    if iters < 1:
+        raise ValueError(f"iterations must be >= 1, got {iters}")
+    scale = iters / solver.MAX_ITER
+    steps = sorted({min(iters - 1, max(1, round(s * scale))) for s in solver.STEPS}) if iters > 1 else []
+    warmup = min(max(0, iters - 1), round(solver.WARMUP_ITERS * scale))
+    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({''.join(f'{s},' for s in steps)})",
+            "SOLVER.WARMUP_ITERS", str(warmup)]
+
+
+def summarize(values: Sequence[float]) -> dict:
+    """mean, sample std (ddof = 1; 0 for one value), n and the values; NaN (a figure with nothing to average)
+    makes the mean and std NaN."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("no values to summarize")
+    array = np.asarray(values, dtype=np.float64)
+    std = float(array.std(ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": float(array.mean()), "std": std, "n": len(values), "values": values}
+
+
+def aggregate(results: Dict[str, Dict[str, List[dict]]], metrics: Sequence[str] = STUDY_METRICS) -> dict:
+    """Mean, std and per-seed values of every metric.
+
+    Args:
+        results: {mode: {model: {seed: sgg_metrics.json payload}}} (see ``SceneGraphEvaluator``); seed None for a
+            seed-independent (eval-only) model.
+    Returns:
+        {mode: {model: {"seeds": [...], "metrics": {metric: summary}, "per_predicate": {predicate name: summary of
+        its R@50 with its test "gt_count"}}}}, summaries as :func:`summarize` (values in the order of "seeds").
+    """
+    study = {}
+    for mode, by_model in results.items():
+        study[mode] = {}
+        for model, by_seed in by_model.items():
+            if not by_seed:
+                continue
+            runs = list(by_seed.values())
+            summary = {"seeds": list(by_seed),
+                       "metrics": {m: summarize([run["metrics"].get(m, math.nan) for run in runs]) for m in metrics}}
+            per_predicate = {}
+            for row in runs[0]["per_predicate"]:
+                values = [_predicate_row(run, row["name"])[PER_PREDICATE_METRIC] for run in runs]
+                per_predicate[row["name"]] = dict(summarize(values), gt_count=row["gt_count"])
+            summary["per_predicate"] = per_predicate
+            study[mode][model] = summary
+    return study
+
+
+def _predicate_row(run: dict, name: str) -> dict:
+    for row in run["per_predicate"]:
+        if row["name"] == name:
+            return row
+    raise KeyError(f"predicate {name!r} missing from the per-predicate recalls of {run.get('dataset')}")
+
+
+def compare(first: Sequence[float], second: Sequence[float]) -> dict:
+    """Is ``first`` ahead of ``second`` (per-seed values of one metric) by more than the spread?
+
+    gap = mean(first) - mean(second); pooled std = sqrt((s1^2 + s2^2) / 2); the claim is shown when the gap is more
+    than 2 pooled std, both have at least two seeds (else there is no spread to compare with), and no two seeds
+    of the same model differ by more than the gap."""
+    a, b = summarize(first), summarize(second)
+    gap = a["mean"] - b["mean"]
+    pooled = math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2)
+    seed_spread = max(max(s["values"]) - min(s["values"]) for s in (a, b))
+    if pooled > 0:
+        ratio = gap / pooled
+    else:
+        ratio = math.inf if gap > 0 else (-math.inf if gap < 0 else 0.0)
+    if min(a["n"], b["n"]) < 2:
+        reason = "one seed: no spread measured"
+    elif not gap > 2 * pooled:
+        reason = "gap not above 2 pooled std"
+    elif seed_spread > gap:
+        reason = f"two seeds of one model differ by {seed_spread:.2f} > the gap"
+    else:
+        reason = ""
+    return {"first": a["mean"], "second": b["mean"], "gap": gap, "pooled_std": pooled, "gap_over_pooled_std": ratio,
+            "largest_seed_difference": seed_spread, "shown": not reason, "reason": reason,
+            "verdict": "KERN ahead by > 2 pooled std" if not reason else "not shown"}
+
+
+def make_claims(study: dict, metric: str = CLAIM_METRIC, baselines: Sequence[str] = ("vrfc", "kern_uniform")) -> list:
+    """KERN against each of ``baselines`` on ``metric``, in every mode where both were run."""
+    claims = []
+    for mode, by_model in study.items():
+        for baseline in baselines:
+            if "kern" in by_model and baseline in by_model:
+                claim = compare(by_model["kern"]["metrics"][metric]["values"],
+                                by_model[baseline]["metrics"][metric]["values"])
+                claims.append(dict({"mode": mode, "model": "kern", "baseline": baseline, "metric": metric}, **claim))
+    return claims
+
+
+def _mean_std(summary: dict, digits: int = 2) -> str:
+    if math.isnan(summary["mean"]):
+        return "n/a"
+    return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
+
+
+def _number(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else ("∞" if value > 0 else ("-∞" if value < 0 else "n/a"))
+
+
+def markdown_report(study: dict, claims: list, header: Dict[str, str], failed: Sequence[str] = (),
+                    metrics: Sequence[str] = STUDY_METRICS) -> str:
+    """study.md: the header lines, a table of mean ± std per mode (sample std over seeds), the claims, and the
+    failed jobs."""
+    lines = ["# KERN study", ""] + [f"- {key}: {value}" for key, value in header.items()] + [""]
+    lines += ["Recall in %, mean ± sample std over seeds (n = seeds; FREQ is not trained: one run, std 0).", ""]
+    for mode, by_model in study.items():
+        lines += [f"## {MODE_TITLES.get(mode, mode)}", ""]
+        rows = [[model, next(iter(s["metrics"].values()))["n"]] + [_mean_std(s["metrics"][m]) for m in metrics]
+                for model, s in by_model.items()]
+        lines += [tabulate(rows, headers=["model", "n"] + list(metrics), tablefmt="pipe", stralign="right"), ""]
+    lines += ["## Claims", "",
+              "KERN against a baseline on mR@50. pooled std = sqrt((s1² + s2²) / 2). A claim is made only when "
+              "the gap is more than 2 pooled std and no two seeds of either model differ by more than the gap.", ""]
+    rows = [[MODE_TITLES.get(c["mode"], c["mode"]), f"kern vs {c['baseline']}", f"{c['first']:.2f}",
+             f"{c['second']:.2f}", f"{c['gap']:+.2f}", f"{c['pooled_std']:.2f}", _number(c["gap_over_pooled_std"]),
+             f"{c['largest_seed_difference']:.2f}", c["verdict"] + (f" ({c['reason']})" if c["reason"] else "")]
+            for c in claims]
+    lines += [tabulate(rows, headers=["mode", "comparison", "KERN", "baseline", "gap", "pooled std",
+                                      "gap / pooled std", "largest seed difference", "verdict"],
+                       tablefmt="pipe", stralign="left", disable_numparse=True) if rows else "(no claim: KERN and "
+              "its baselines were not all run)", ""]
+    if failed:
+        lines += ["## Failed jobs", ""] + [f"- {name}" for name in failed] + [""]
+    return "\n".join(lines)
+
+
+def plot_metric_by_model(path: str, study: dict, metric: str = CLAIM_METRIC):
+    """Bars of ``metric`` per model, grouped by mode, with sample-std error bars."""
+    models = list(dict.fromkeys(model for by_model in study.values() for model in by_model))
+    modes = list(study)
+    figure = new_figure(max(5.0, 1.2 + 0.35 * len(models) * len(modes)), 4.0)
+    axes = figure.add_subplot(1, 1, 1)
+    width = 0.8 / max(1, len(models))
+    for i, model in enumerate(models):
+        xs = [m + (i - (len(models) - 1) / 2) * width for m, mode in enumerate(modes) if model in study[mode]]
+        stats = [study[mode][model]["metrics"][metric] for mode in modes if model in study[mode]]
+        axes.bar(xs, [s["mean"] for s in stats], width=width, yerr=[s["std"] for s in stats], capsize=3, label=model)
+    axes.set_xticks(range(len(modes)))
+    axes.set_xticklabels([MODE_TITLES.get(mode, mode) for mode in modes])
+    axes.set_ylim(bottom=0)
+    axes.set_ylabel(f"{metric} (%)")
+    axes.set_title(f"{metric} per model, mean ± std over seeds", fontsize=9)
+    axes.legend(fontsize=7)
+    save_figure(figure, path)
+
+
+def plot_per_predicate_comparison(path: str, by_model: dict, train_counts: Optional[Dict[str, int]], title: str,
+                                  models: Sequence[str] = ("kern", "vrfc")):
+    """Per-predicate R@50 (mean, std error bars) of ``models``, predicates sorted by train frequency
+    (``train_counts``: {predicate name: train triplets}; None: by test gt count)."""
+    models = [m for m in models if m in by_model]
+    if not models:
+        raise ValueError(f"none of {list(models)} in the study")
+    rows = by_model[models[0]]["per_predicate"]
+    counts = train_counts if train_counts is not None else {name: row["gt_count"] for name, row in rows.items()}
+    names = sorted(rows, key=lambda name: (-counts.get(name, 0), name))
+    figure = new_figure(max(6.0, 0.3 * len(names) * len(models) / 2 + 1.5), 4.5)
+    axes = figure.add_subplot(1, 1, 1)
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        stats = [by_model[model]["per_predicate"][name] for name in names]
+        axes.bar([x + (i - (len(models) - 1) / 2) * width for x in range(len(names))], [s["mean"] for s in stats],
+                 width=width, yerr=[s["std"] for s in stats], capsize=2, label=model)
+    axes.set_xticks(range(len(names)))
+    axes.set_xticklabels([f"{name} ({counts.get(name, 0)})" for name in names], rotation=90, fontsize=7)
+    axes.set_xlim(-0.6, len(names) - 0.4)
+    axes.set_ylim(0, 100)
+    axes.set_ylabel(f"{PER_PREDICATE_METRIC} (%)")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def write_report(output_dir: str, results: Dict[str, Dict[str, List[dict]]], header: Dict[str, str],
+                 train_counts: Optional[Dict[str, int]] = None, failed: Sequence[str] = (),
+                 extra: Optional[dict] = None) -> dict:
+    """Aggregate ``results`` (as :func:`aggregate`) and write study.json, study.md, mR50.png and
+    per_predicate_<mode>.png into ``output_dir``; the study.json payload."""
+    study = aggregate(results)
+    claims = make_claims(study)
+    payload = dict({key.replace(" ", "_"): value for key, value in header.items()}, **(extra or {}))
+    payload.update(modes=study, claims=claims, train_predicate_counts=train_counts, failed=list(failed))
+    write_json(os.path.join(output_dir, "study.json"), payload)
+    with open(os.path.join(output_dir, "study.md"), "w") as f:
+        f.write(markdown_report(study, claims, header, failed))
+    if study:
+        plot_metric_by_model(os.path.join(output_dir, "mR50.png"), study)
+    for mode, by_model in study.items():
+        if "kern" in by_model or "vrfc" in by_model:
+            plot_per_predicate_comparison(
+                os.path.join(output_dir, f"per_predicate_{mode}.png"), by_model, train_counts,
+                f"{MODE_TITLES.get(mode, mode)}: per-predicate {PER_PREDICATE_METRIC}, by train frequency "
+                "(mean ± std over seeds)")
+    return payload
