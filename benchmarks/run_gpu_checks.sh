@@ -24,6 +24,10 @@
 #   loading          bench_data_loading.py: 300 VG-sized JPEGs, 2 passes, workers 0,1,2,4,8            ~40 s
 #   toy              3 toy KERN trainings (PredCls/SGCls/SGDet), 5 bf16 steps each                     ~2.5 min
 #   profile          routing (relation, fused gate) + step + infer (chunk 4096) with --profile         ~4 min
+#   study            tools/run_study.py on the synth benchmark ($STUDY_ARGS, default: all modes, models and
+#                    3 seeds, 16 runs at once); its report and every run's metrics in $OUT/study.tgz, the
+#                    detector it trained in $OUT/study_detector.pth
+#                    (H200, 2026-12-03: ~8 min with a carried detector: STUDY.md)
 # e.g. `union routing step infer loading` ~6 min + setup (within one call); `routing-compile` alone; `tests toy`;
 # `profile` alone. `all` runs every target (~19 min: more than one call allows).
 # Environment: STEP_IMAGES_PER_S (loading: images/s per GPU the training step consumes; default 48, the KERN SGDet
@@ -94,12 +98,17 @@ for target in "${selected[@]}"; do
         --workers 0,1,2,4,8 --step-images-per-s "$step_images_per_s" ;;
     toy)
       run toy toy_training ;;
+    study)
+      # shellcheck disable=SC2086
+      run study python3 tools/run_study.py --dataset synth --device cuda --output /tmp/study ${STUDY_ARGS:---jobs 16}
+      tar czf "$out/study.tgz" -C /tmp --exclude='*.pth' --exclude='events.out.*' study
+      [ -f /tmp/study/detector/model_final.pth ] && cp /tmp/study/detector/model_final.pth "$out/study_detector.pth" ;;
     profile)
       run profile python3 benchmarks/bench_routing.py --only relation --gates fused --repeats 10 --profile
       run profile python3 benchmarks/bench_train_step.py --device cuda --repeats 5 --profile
       run profile python3 benchmarks/bench_sgdet_inference.py --device cuda --chunks 4096 --overlap off --repeats 5 \
         --no-d2-default --profile ;;
     *)
-      echo "unknown target '$target': choose from $targets all" ;;
+      echo "unknown target '$target': choose from $targets study all" ;;
   esac
 done

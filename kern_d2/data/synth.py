@@ -79,7 +79,7 @@ SCENES: Dict[str, Dict[str, float]] = {
     "home": {"person": 2, "sofa": 2, "table": 2, "bed": 1, "lamp": 2, "cup": 2, "dog": 2, "box": 2, "apple": 2,
              "bowl": 2, "book": 2, "laptop": 1, "hat": 1},
     "garden": {"statue": 3, "leaf": 3, "tree": 2, "flower": 2, "bench": 2, "fence": 2, "apple": 2, "basket": 2,
-               "hat": 1, "pole": 1, "bowl": 1, "person": 1},
+               "hat": 1, "pole": 1, "bowl": 1},
 }
 SCENE_WEIGHTS = {"park": 0.3, "street": 0.25, "home": 0.3, "garden": 0.15}
 
