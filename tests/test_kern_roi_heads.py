@@ -211,12 +211,8 @@ def test_predcls_training_targets_are_the_gt_relations(toy, monkeypatch):
         assert _foreground(pairs, targets) == {tuple(r) for r in x["instances"].gt_relations.tensor.tolist()}
 
 
-def test_sgdet_training_matches_detections_to_the_gt(toy, monkeypatch):
-    """With detections that are the gt boxes (shifted by one pixel) plus a far-off box, the object targets are the
-    gt classes (-1 for the far-off box) and the foreground pairs are the gt relations."""
-    cfg, model = build(toy, "sgdet")
-    heads = model.roi_heads
-    inputs = map_dicts(cfg, toy.batch_train, is_train=True)
+def gt_like_detections(inputs) -> list:
+    """Per training input, detections that are the gt boxes shifted by one pixel plus a far-off box of class 0."""
     fake = []
     for x in inputs:
         gt = x["instances"]
@@ -226,6 +222,16 @@ def test_sgdet_training_matches_detections_to_the_gt(toy, monkeypatch):
         detections.pred_classes = torch.cat([gt.gt_classes, torch.tensor([0])])
         detections.scores = torch.ones(len(gt) + 1)
         fake.append(detections)
+    return fake
+
+
+def test_sgdet_training_matches_detections_to_the_gt(toy, monkeypatch):
+    """With detections that are the gt boxes (shifted by one pixel) plus a far-off box, the object targets are the
+    gt classes (-1 for the far-off box) and the foreground pairs are the gt relations."""
+    cfg, model = build(toy, "sgdet")
+    heads = model.roi_heads
+    inputs = map_dicts(cfg, toy.batch_train, is_train=True)
+    fake = gt_like_detections(inputs)
     monkeypatch.setattr(heads, "_detect", lambda features, proposals: fake)
     records = _record_training_targets(monkeypatch, heads)
     object_targets = []
