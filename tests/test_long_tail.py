@@ -1,6 +1,7 @@
 """The long-tail switches (kern_d2/modeling/long_tail.py): formulas against hand computations, TDE against two
 slow forward passes, refusals, and every switch training and evaluating in each mode on the toy dataset."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -30,6 +31,11 @@ from test_kern_roi_heads import (  # noqa: F401
     toy,
     train_losses,
 )
+
+pytest.register_assert_rewrite("tool_fixtures")
+from tool_fixtures import MODE_CONFIGS, read_sgg_metrics  # noqa: E402
+
+pytest_plugins = ["tool_fixtures"]
 
 KEY = "MODEL.ROI_RELATION_HEAD."
 COUNTS = torch.tensor([0, 3, 1, 0])  # P = 4: "no relation", then predicates seen 3, 1 and 0 times
@@ -347,3 +353,18 @@ def test_every_switch_trains_and_evaluates_in_each_mode(toy, mode, setting):
     changed = any(not torch.allclose(_by_pair(a["instances"])[1], _by_pair(b["instances"])[1], atol=1e-4)
                   for a, b in zip(outputs, plain_outputs) if len(a["instances"].rel_pair_idxs))
     assert changed
+
+
+# ------------------------------------------------------------------------------------------------ tools
+def test_switches_as_train_net_overrides(toy_tools):
+    """tools/train_net.py takes the switches as command-line overrides: SGCls trained with effective-number weights
+    and evaluated with TDE and logit adjustment; the checkpoint carries the running means."""
+    output_dir = toy_tools.scratch("long_tail")
+    toy_tools.train_net(
+        MODE_CONFIGS["sgcls"], output_dir, "SOLVER.MAX_ITER", "2", KEY + "LOSS_WEIGHTING", "effective_number",
+        KEY + "LOSS_WEIGHTING_BETA", "0.99", KEY + "TDE_INFERENCE", "True", KEY + "LOGIT_ADJUSTMENT_TAU", "0.5",
+    )
+    checkpoint = torch.load(os.path.join(output_dir, "model_final.pth"), map_location="cpu", weights_only=True)
+    assert int(checkpoint["model"]["roi_heads.long_tail.feature_means.num_updates"]) == 2
+    metrics = read_sgg_metrics(output_dir)["metrics"]
+    assert all(0.0 <= metrics[f"{name}@{k}"] <= 100.0 for name in ("R", "mR", "ng-R") for k in (20, 50, 100))
