@@ -117,11 +117,13 @@ class PairFeatureMeans(nn.Module):
             )
 
     def blank(self, num_pairs: int, union: torch.Tensor, subj: torch.Tensor):
-        """(union [M, F] or None, subj [M, Fo], obj [M, Fo]): the means, expanded to ``num_pairs`` rows in the dtypes
-        of the real inputs (``union`` None stays None)."""
-        blank_union = None if union is None else self.union_mean.to(union.dtype).expand(num_pairs, -1)
-        return (blank_union, self.subj_mean.to(subj.dtype).expand(num_pairs, -1),
-                self.obj_mean.to(subj.dtype).expand(num_pairs, -1))
+        """(union [M, F] or None, subj [M, Fo], obj [M, Fo]): the means repeated for ``num_pairs`` rows in the dtypes
+        of the real inputs (``union`` None stays None). Materialised: GEMMs over stride-0 rows are slow on CPU."""
+        def repeat(mean, like):
+            return mean.to(like.dtype).expand(num_pairs, -1).contiguous()
+
+        return None if union is None else repeat(self.union_mean, union), repeat(self.subj_mean, subj), \
+            repeat(self.obj_mean, subj)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -203,7 +205,8 @@ class LongTailSwitches(nn.Module):
             self.feature_means.check_ready()
         logits = head(union, subj, obj, prior)
         if self.tde_inference:
-            logits = logits - head(*self.feature_means.blank(subj.shape[0], union, subj), prior)
+            # In float32: under bf16 autocast the difference of two close logits would lose its low bits.
+            logits = logits.float() - head(*self.feature_means.blank(subj.shape[0], union, subj), prior).float()
         if self.logit_adjustment_tau > 0:
             counts = priors.require_predicate_counts("MODEL.ROI_RELATION_HEAD.LOGIT_ADJUSTMENT_TAU")
             log_f = balanced_log_frequencies(counts)
