@@ -179,14 +179,15 @@ class LongTailSwitches(nn.Module):
         self.tde_inference = tde_inference
 
     @classmethod
-    def from_config(cls, cfg, union_dim: int, object_dim: int) -> "LongTailSwitches":
+    def from_config(cls, cfg, union_dim: int, object_dim: int) -> dict:
+        """Constructor arguments from a config with kern_d2's keys (``LongTailSwitches(**from_config(cfg, ...))``)."""
         rel = cfg.MODEL.ROI_RELATION_HEAD
         if rel.TDE_INFERENCE and rel.NAME == "FREQ":
             raise ValueError(
                 "MODEL.ROI_RELATION_HEAD.TDE_INFERENCE removes the effect of a pair's visual features, and the FREQ "
                 "head has none (its blank pair gives the same logits: TDE would be all zeros); use KERN or VRFC"
             )
-        return cls(
+        return dict(
             feature_means=PairFeatureMeans(union_dim, object_dim, rel.TDE_MOMENTUM),
             logit_adjustment_tau=rel.LOGIT_ADJUSTMENT_TAU,
             loss_weighting=rel.LOSS_WEIGHTING,

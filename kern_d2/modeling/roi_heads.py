@@ -172,7 +172,7 @@ class KERNROIHeads(StandardROIHeads):
             object_loss_weight=rel.OBJECT_LOSS_WEIGHT,
             relation_loss_weight=rel.RELATION_LOSS_WEIGHT,
             freeze_detector=rel.FREEZE_DETECTOR,
-            long_tail=LongTailSwitches.from_config(cfg, union_feature.output_size, object_dim),
+            long_tail=LongTailSwitches(**LongTailSwitches.from_config(cfg, union_feature.output_size, object_dim)),
         )
         return ret
 
