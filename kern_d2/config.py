@@ -59,6 +59,19 @@ def add_kern_config(cfg):
     # Inference on CUDA: replay the relation routing from CUDA graphs (one per size bucket of 256 pairs, captured at
     # first use) instead of launching its ~140 kernels one by one. Same results; the graphs hold their own memory.
     rel.INFERENCE_CUDA_GRAPHS = False
+    # Long-tail switches (kern_d2/modeling/long_tail.py; README "Rare predicates"), all off by default.
+    # Inference: logits - tau * log f(predicate), f the smoothed predicate frequency of the priors file; 0 = off.
+    rel.LOGIT_ADJUSTMENT_TAU = 0.0
+    # Training: relation cross-entropy class weights, "none", "inverse" (1 / count) or "effective_number"
+    # ((1 - beta) / (1 - beta^count), beta = LOSS_WEIGHTING_BETA); no-relation weight 1.
+    rel.LOSS_WEIGHTING = "none"
+    rel.LOSS_WEIGHTING_BETA = 0.999
+    # Training: balanced softmax (cross-entropy on logits + log f(predicate)); excludes LOSS_WEIGHTING.
+    rel.BALANCED_SOFTMAX = False
+    # Inference: TDE logits = logits(real pair) - logits(pair with its union and subject/object features replaced
+    # by running means that training keeps, prior edges kept). TDE_MOMENTUM: the means' smallest update rate.
+    rel.TDE_INFERENCE = False
+    rel.TDE_MOMENTUM = 0.01
 
     cfg.DATASETS.SGG = CN()
     # SGDet training drops images without an overlapping gt box pair (published convention).

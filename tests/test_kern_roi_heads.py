@@ -22,7 +22,7 @@ from detectron2.utils.events import EventStorage
 from kern_d2.config import add_kern_config
 from kern_d2.data import SGGDatasetMapper, register_toy
 from kern_d2.modeling.pair_sampling import all_ordered_pairs
-from kern_d2.modeling.priors import KnowledgePriors, compute_priors, save_priors
+from kern_d2.modeling.priors import KnowledgePriors, compute_predicate_counts, compute_priors, save_priors
 from kern_d2.modeling import roi_heads as roi_heads_module  # also registers the model parts
 from kern_d2.structures import Relations, SceneGraphInstances
 
@@ -42,7 +42,8 @@ def register_toy_with_priors(root: str, priors_file: str) -> SimpleNamespace:
     meta = MetadataCatalog.get(f"{prefix}_train")
     things, predicates = list(meta.thing_classes), list(meta.predicate_classes)
     cooccurrence, rel_prior = compute_priors(train, len(things), len(predicates))
-    save_priors(priors_file, cooccurrence, rel_prior, things, predicates)
+    counts = compute_predicate_counts(train, len(things), len(predicates))
+    save_priors(priors_file, cooccurrence, rel_prior, things, predicates, counts)
     return SimpleNamespace(prefix=prefix, priors_file=priors_file, train=train, test=test,
                            thing_classes=things, predicate_classes=predicates)
 
@@ -210,12 +211,8 @@ def test_predcls_training_targets_are_the_gt_relations(toy, monkeypatch):
         assert _foreground(pairs, targets) == {tuple(r) for r in x["instances"].gt_relations.tensor.tolist()}
 
 
-def test_sgdet_training_matches_detections_to_the_gt(toy, monkeypatch):
-    """With detections that are the gt boxes (shifted by one pixel) plus a far-off box, the object targets are the
-    gt classes (-1 for the far-off box) and the foreground pairs are the gt relations."""
-    cfg, model = build(toy, "sgdet")
-    heads = model.roi_heads
-    inputs = map_dicts(cfg, toy.batch_train, is_train=True)
+def gt_like_detections(inputs) -> list:
+    """Per training input, detections that are the gt boxes shifted by one pixel plus a far-off box of class 0."""
     fake = []
     for x in inputs:
         gt = x["instances"]
@@ -225,12 +222,23 @@ def test_sgdet_training_matches_detections_to_the_gt(toy, monkeypatch):
         detections.pred_classes = torch.cat([gt.gt_classes, torch.tensor([0])])
         detections.scores = torch.ones(len(gt) + 1)
         fake.append(detections)
+    return fake
+
+
+def test_sgdet_training_matches_detections_to_the_gt(toy, monkeypatch):
+    """With detections that are the gt boxes (shifted by one pixel) plus a far-off box, the object targets are the
+    gt classes (-1 for the far-off box) and the foreground pairs are the gt relations."""
+    cfg, model = build(toy, "sgdet")
+    heads = model.roi_heads
+    inputs = map_dicts(cfg, toy.batch_train, is_train=True)
+    fake = gt_like_detections(inputs)
     monkeypatch.setattr(heads, "_detect", lambda features, proposals: fake)
     records = _record_training_targets(monkeypatch, heads)
     object_targets = []
     original_ce = roi_heads_module._mean_cross_entropy
     monkeypatch.setattr(roi_heads_module, "_mean_cross_entropy",
-                        lambda logits, targets: object_targets.append(targets) or original_ce(logits, targets))
+                        lambda logits, targets, *weight: object_targets.append(targets)
+                        or original_ce(logits, targets, *weight))
     losses = train_losses(model, inputs)
     assert losses["loss_object"] > 0
     expected_targets = torch.cat([torch.cat([x["instances"].gt_classes, torch.tensor([-1])]) for x in inputs])

@@ -12,7 +12,13 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from kern_d2.modeling.priors import KnowledgePriors, compute_priors, load_priors, save_priors
+from kern_d2.modeling.priors import (
+    KnowledgePriors,
+    compute_predicate_counts,
+    compute_priors,
+    load_priors,
+    save_priors,
+)
 
 THINGS = ["cat", "dog", "hat"]
 PREDICATES = ["__no_relation__", "on", "near"]
@@ -227,8 +233,54 @@ def test_compute_priors_tool(tmp_path):
         expected_cooc, expected_rel = compute_priors(hand_dataset(), 3, 3, per_box_pair=True)
         np.testing.assert_array_equal(loaded["obj_cooccurrence"], expected_cooc)
         np.testing.assert_array_equal(loaded["rel_prior"], expected_rel)
+        np.testing.assert_array_equal(loaded["predicate_counts"], [0, 2, 2])
         with pytest.raises(ValueError, match="no output file"):
             tool.main(["--dataset", name])
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_predicate_counts_by_hand_and_in_the_file(tmp_path):
+    # Relation rows: "on" twice in A (a duplicated row counts twice), "near" once in A and once in B.
+    counts = compute_predicate_counts(hand_dataset(), 3, 3)
+    assert counts.tolist() == [0, 2, 2] and counts.dtype == np.int64
+    cooc, rel = compute_priors(hand_dataset(), 3, 3)
+    path = str(tmp_path / "priors.npz")
+    save_priors(path, cooc, rel, THINGS, PREDICATES, counts)
+    assert load_priors(path)["predicate_counts"].tolist() == [0, 2, 2]
+    priors = KnowledgePriors.from_file(path)
+    assert priors.require_predicate_counts("test").tolist() == [0, 2, 2]
+    with pytest.raises(ValueError, match=r"predicate_counts must be \[P\] with P = 3"):
+        save_priors(path, cooc, rel, THINGS, PREDICATES, counts[:2])
+    with pytest.raises(ValueError, match="non-negative integers"):
+        save_priors(path, cooc, rel, THINGS, PREDICATES, np.array([0.5, 1.0, 2.0]))
+
+
+def test_files_and_checkpoints_without_predicate_counts(tmp_path):
+    """Files written before the counts existed still load; what needs the counts says which file lacks them. A
+    checkpoint without counts keeps those of the model's priors file."""
+    cooc, rel = compute_priors(hand_dataset(), 3, 3)
+    old = str(tmp_path / "old.npz")
+    save_priors(old, cooc, rel, THINGS, PREDICATES)
+    assert load_priors(old)["predicate_counts"] is None
+    priors = KnowledgePriors.from_file(old)
+    priors.check_loaded()
+    with pytest.raises(ValueError, match=r"LOSS_WEIGHTING needs .*priors file .*old\.npz.*compute_priors\.py"):
+        priors.require_predicate_counts("LOSS_WEIGHTING")
+    with pytest.raises(ValueError, match="uniform priors of MODEL.ROI_RELATION_HEAD.USE_PRIORS False"):
+        KnowledgePriors.uniform(3, 3).require_predicate_counts("test")
+
+    new = str(tmp_path / "new.npz")
+    save_priors(new, cooc, rel, THINGS, PREDICATES, compute_predicate_counts(hand_dataset(), 3, 3))
+    old_checkpoint = _Model(KnowledgePriors.from_file(old)).state_dict()
+    model = _Model(KnowledgePriors.from_file(new))
+    model.load_state_dict(old_checkpoint)
+    assert model.priors.require_predicate_counts("test").tolist() == [0, 2, 2]
+    empty = _Model(KnowledgePriors.empty(3, 3))
+    empty.load_state_dict(old_checkpoint)
+    empty.priors.check_loaded()
+    with pytest.raises(ValueError, match="loaded checkpoint's priors"):
+        empty.priors.require_predicate_counts("test")
+    empty.load_state_dict(model.state_dict())
+    assert empty.priors.require_predicate_counts("test").tolist() == [0, 2, 2]

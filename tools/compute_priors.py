@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Compute KERN's knowledge priors (object co-occurrence, predicate prior) of a registered dataset into a .npz.
+"""Compute KERN's knowledge priors (object co-occurrence, predicate prior) and the per-predicate relation counts
+of a registered dataset into a .npz.
 
   python tools/compute_priors.py --dataset vg150_train --output datasets/vg/kern_priors_vg150.npz
   python tools/compute_priors.py --config-file configs/VG-KERN/kern_predcls.yaml   # cfg.DATASETS.TRAIN[0]
@@ -17,7 +18,7 @@ import numpy as np
 import kern_d2.data  # noqa: F401  (registers the builtin datasets)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from kern_d2.modeling.priors import compute_priors, save_priors
+from kern_d2.modeling.priors import compute_predicate_counts, compute_priors, save_priors
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -97,8 +98,9 @@ def main(argv=None) -> str:
     obj_cooccurrence, rel_prior = compute_priors(
         dataset_dicts, len(thing_classes), len(predicate_classes), per_box_pair=args.per_box_pair
     )
+    predicate_counts = compute_predicate_counts(dataset_dicts, len(thing_classes), len(predicate_classes))
     computed = time.perf_counter()
-    save_priors(output, obj_cooccurrence, rel_prior, thing_classes, predicate_classes)
+    save_priors(output, obj_cooccurrence, rel_prior, thing_classes, predicate_classes, predicate_counts)
     print(f"dataset {dataset}: loaded in {loaded - start:.1f} s, priors computed in {computed - loaded:.1f} s "
           f"({'per box pair' if args.per_box_pair else 'per class pair'})")
     print(summarize(dataset_dicts, obj_cooccurrence, rel_prior, thing_classes, predicate_classes))

@@ -5,6 +5,9 @@
   k = 0 ("no relation") the number of ordered pairs of overlapping gt boxes that carry no relation; +1 on every
   entry, then each (s, o) row normalised to sum 1.
 
+The .npz also holds ``predicate_counts`` [P] (``compute_predicate_counts``): the gt relation rows of each predicate,
+which the long-tail switches of :mod:`kern_d2.modeling.long_tail` need; files written before it existed still load.
+
 They are saved as a pickle-free .npz (``save_priors``/``load_priors``) and held by ``KnowledgePriors`` as buffers, so
 that Detectron2 checkpoints carry them.
 """
@@ -19,7 +22,7 @@ from torch import nn
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["compute_priors", "save_priors", "load_priors", "KnowledgePriors"]
+__all__ = ["compute_priors", "compute_predicate_counts", "save_priors", "load_priors", "KnowledgePriors"]
 
 # Pair enumeration for column 0 runs over chunks of images holding about this many ordered box pairs.
 _PAIRS_PER_CHUNK = 1 << 21
@@ -168,6 +171,25 @@ def compute_priors(
     return cooccurrence.astype(np.float32), rel_prior.astype(np.float32)
 
 
+def compute_predicate_counts(dataset_dicts: Sequence[dict], num_classes: int, num_predicates: int) -> np.ndarray:
+    """int64 [P]: the number of gt relation rows of each predicate k >= 1 (duplicates included, the rows that
+    ``compute_priors`` counts). Entry 0 ("no relation") is 0: how often a pair has no relation is set by the pair
+    sampler, not by the annotations."""
+    _, _, relations, _ = _gather(dataset_dicts, num_classes, num_predicates)
+    counts = np.bincount(relations[:, 2], minlength=num_predicates).astype(np.int64)
+    counts[0] = 0
+    return counts
+
+
+def _check_predicate_counts(predicate_counts: np.ndarray, num_predicates: int, where: str) -> None:
+    if predicate_counts.shape != (num_predicates,):
+        raise ValueError(
+            f"{where}: predicate_counts must be [P] with P = {num_predicates}, got {predicate_counts.shape}"
+        )
+    if predicate_counts.dtype.kind not in "iu" or (predicate_counts < 0).any():
+        raise ValueError(f"{where}: predicate_counts must be non-negative integers")
+
+
 def _check_priors(obj_cooccurrence, rel_prior, thing_classes, predicate_classes, where: str) -> None:
     c = obj_cooccurrence.shape[0] if obj_cooccurrence.ndim == 2 else -1
     if obj_cooccurrence.shape != (c, c):
@@ -190,11 +212,18 @@ def save_priors(
     rel_prior: np.ndarray,
     thing_classes: Sequence[str],
     predicate_classes: Sequence[str],
+    predicate_counts: Optional[np.ndarray] = None,
 ) -> None:
-    """Write the priors to ``path`` (.npz, no pickle) atomically: a temporary file renamed over ``path``."""
+    """Write the priors to ``path`` (.npz, no pickle) atomically: a temporary file renamed over ``path``.
+    ``predicate_counts`` (int [P], from ``compute_predicate_counts``) is optional, for the long-tail switches."""
     obj_cooccurrence = np.asarray(obj_cooccurrence, dtype=np.float32)
     rel_prior = np.asarray(rel_prior, dtype=np.float32)
     _check_priors(obj_cooccurrence, rel_prior, thing_classes, predicate_classes, f"save_priors({path})")
+    extra = {}
+    if predicate_counts is not None:
+        extra["predicate_counts"] = np.asarray(predicate_counts)
+        _check_predicate_counts(extra["predicate_counts"], rel_prior.shape[2], f"save_priors({path})")
+        extra["predicate_counts"] = extra["predicate_counts"].astype(np.int64)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".priors-", suffix=".npz.tmp")
@@ -206,6 +235,7 @@ def save_priors(
                 rel_prior=rel_prior,
                 thing_classes=np.array([str(x) for x in thing_classes], dtype=np.str_),
                 predicate_classes=np.array([str(x) for x in predicate_classes], dtype=np.str_),
+                **extra,
             )
         os.replace(tmp_path, path)
     except BaseException:
@@ -229,7 +259,8 @@ def load_priors(
     path: str, thing_classes: Optional[Sequence[str]] = None, predicate_classes: Optional[Sequence[str]] = None
 ) -> Dict[str, object]:
     """Read a priors .npz (no pickle). Returns ``obj_cooccurrence``, ``rel_prior`` (float32 arrays),
-    ``thing_classes``, ``predicate_classes`` (lists of str). Given names must match the file's exactly."""
+    ``thing_classes``, ``predicate_classes`` (lists of str) and ``predicate_counts`` (int64 [P], or None in a file
+    written before kern_d2 stored them). Given names must match the file's exactly."""
     with PathManager.open(path, "rb") as f:
         with np.load(f, allow_pickle=False) as data:
             missing = {"obj_cooccurrence", "rel_prior", "thing_classes", "predicate_classes"} - set(data.files)
@@ -240,23 +271,35 @@ def load_priors(
                 "rel_prior": data["rel_prior"].astype(np.float32),
                 "thing_classes": [str(x) for x in data["thing_classes"]],
                 "predicate_classes": [str(x) for x in data["predicate_classes"]],
+                "predicate_counts": data["predicate_counts"] if "predicate_counts" in data.files else None,
             }
     _check_priors(
         priors["obj_cooccurrence"], priors["rel_prior"], priors["thing_classes"], priors["predicate_classes"],
         f"priors file {path}",
     )
+    if priors["predicate_counts"] is not None:
+        _check_predicate_counts(priors["predicate_counts"], priors["rel_prior"].shape[2], f"priors file {path}")
+        priors["predicate_counts"] = priors["predicate_counts"].astype(np.int64)
     _check_names(path, "thing_classes", priors["thing_classes"], thing_classes)
     _check_names(path, "predicate_classes", priors["predicate_classes"], predicate_classes)
     return priors
 
 
 class KnowledgePriors(nn.Module):
-    """The priors as persistent buffers: ``obj_cooccurrence`` [C, C], ``rel_prior`` [C, C, P], and ``sizes`` =
-    (C, P) int64 [2], whose fixed shape lets a checkpoint of another class count fail loudly on load (Detectron2's
-    checkpointer skips tensors of mismatched shapes with only a warning).
+    """The priors as persistent buffers: ``obj_cooccurrence`` [C, C], ``rel_prior`` [C, C, P], ``predicate_counts``
+    int64 [P] (all 0 when unknown), and ``sizes`` = (C, P) int64 [2], whose fixed shape lets a checkpoint of another
+    class count fail loudly on load (Detectron2's checkpointer skips tensors of mismatched shapes with only a
+    warning).
     Build with ``from_file``, ``uniform`` (the no-priors ablation) or ``empty`` (to be filled by a checkpoint)."""
 
-    def __init__(self, obj_cooccurrence: torch.Tensor, rel_prior: torch.Tensor, loaded: bool = True):
+    def __init__(
+        self,
+        obj_cooccurrence: torch.Tensor,
+        rel_prior: torch.Tensor,
+        loaded: bool = True,
+        predicate_counts: Optional[torch.Tensor] = None,
+        source: str = "the given matrices",
+    ):
         super().__init__()
         c, p = rel_prior.shape[0], rel_prior.shape[2]
         if obj_cooccurrence.shape != (c, c) or rel_prior.shape != (c, c, p):
@@ -264,10 +307,17 @@ class KnowledgePriors(nn.Module):
                 f"KnowledgePriors: obj_cooccurrence {tuple(obj_cooccurrence.shape)} and rel_prior "
                 f"{tuple(rel_prior.shape)} must be [C, C] and [C, C, P]"
             )
+        if predicate_counts is None:
+            predicate_counts = torch.zeros(p, dtype=torch.int64)
+        if tuple(predicate_counts.shape) != (p,):
+            raise ValueError(f"KnowledgePriors: predicate_counts must be [{p}], got {tuple(predicate_counts.shape)}")
         self.register_buffer("obj_cooccurrence", obj_cooccurrence.to(torch.float32).clone())
         self.register_buffer("rel_prior", rel_prior.to(torch.float32).clone())
+        self.register_buffer("predicate_counts", predicate_counts.to(torch.int64).clone())
         self.register_buffer("sizes", torch.tensor([c, p], dtype=torch.int64))
         self._loaded = loaded
+        self._has_predicate_counts = bool(self.predicate_counts[1:].sum() > 0)
+        self._source = source
 
     @property
     def num_classes(self) -> int:
@@ -283,7 +333,13 @@ class KnowledgePriors(nn.Module):
     ) -> "KnowledgePriors":
         """Priors from a .npz of ``save_priors``; names, when given, must match the file's."""
         priors = load_priors(path, thing_classes, predicate_classes)
-        return cls(torch.from_numpy(priors["obj_cooccurrence"]), torch.from_numpy(priors["rel_prior"]))
+        counts = priors["predicate_counts"]
+        return cls(
+            torch.from_numpy(priors["obj_cooccurrence"]),
+            torch.from_numpy(priors["rel_prior"]),
+            predicate_counts=None if counts is None else torch.from_numpy(counts),
+            source=f"priors file {path}",
+        )
 
     @classmethod
     def uniform(cls, num_classes: int, num_predicates: int) -> "KnowledgePriors":
@@ -292,13 +348,15 @@ class KnowledgePriors(nn.Module):
         return cls(
             torch.full((num_classes, num_classes), 1.0 / num_classes),
             torch.full((num_classes, num_classes, num_predicates), 1.0 / num_predicates),
+            source="the uniform priors of MODEL.ROI_RELATION_HEAD.USE_PRIORS False",
         )
 
     @classmethod
     def empty(cls, num_classes: int, num_predicates: int) -> "KnowledgePriors":
         """Zero buffers of the right shapes, for a model whose checkpoint brings the priors (see ``check_loaded``)."""
         return cls(
-            torch.zeros(num_classes, num_classes), torch.zeros(num_classes, num_classes, num_predicates), loaded=False
+            torch.zeros(num_classes, num_classes), torch.zeros(num_classes, num_classes, num_predicates), loaded=False,
+            source="the empty priors (to be filled by a checkpoint)",
         )
 
     def check_loaded(self) -> None:
@@ -310,9 +368,21 @@ class KnowledgePriors(nn.Module):
                 "MODEL.ROI_RELATION_HEAD.USE_PRIORS off, or load a checkpoint of a KERN model, which carries them"
             )
 
+    def require_predicate_counts(self, needed_by: str) -> torch.Tensor:
+        """``predicate_counts`` [P]; raises, naming where the priors came from, when they are unknown (no sync)."""
+        if not self._has_predicate_counts:
+            raise ValueError(
+                f"{needed_by} needs the number of training relations of each predicate (predicate_counts), which "
+                f"the model's priors lack (they come from {self._source}: a priors file written before kern_d2 "
+                "stored the counts, a checkpoint of a model built from such a file, or uniform priors). Re-run "
+                "tools/compute_priors.py to rewrite the priors file with its predicate_counts, and point "
+                "MODEL.ROI_RELATION_HEAD.PRIORS_FILE at it (with USE_PRIORS True)"
+            )
+        return self.predicate_counts
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
         expected = {"sizes": (2,), "obj_cooccurrence": tuple(self.obj_cooccurrence.shape),
-                    "rel_prior": tuple(self.rel_prior.shape)}
+                    "rel_prior": tuple(self.rel_prior.shape), "predicate_counts": tuple(self.predicate_counts.shape)}
         found = {name: state_dict[prefix + name] for name in expected if prefix + name in state_dict}
         counts = None
         if "sizes" in found and tuple(found["sizes"].shape) == (2,):
@@ -327,11 +397,19 @@ class KnowledgePriors(nn.Module):
                 f"{self.num_predicates} predicates "
                 "(MODEL.ROI_HEADS.NUM_CLASSES, MODEL.ROI_RELATION_HEAD.NUM_PREDICATES)"
             )
+        brings_counts = "predicate_counts" in found and bool(found["predicate_counts"][1:].sum() > 0)
+        if not brings_counts:
+            # A checkpoint without predicate counts (older, or of a model whose priors had none) keeps this model's.
+            state_dict[prefix + "predicate_counts"] = self.predicate_counts.clone()
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
         )
         if "obj_cooccurrence" in found and "rel_prior" in found:
             self._loaded = True
+        if brings_counts:
+            self._has_predicate_counts, self._source = True, "the loaded checkpoint's priors"
+        elif not self._has_predicate_counts and "rel_prior" in found:
+            self._source = f"{self._source} and the loaded checkpoint's priors"
 
     def pair_prior(self, subj_labels: torch.Tensor, obj_labels: torch.Tensor) -> torch.Tensor:
         """[R, P]: p(predicate | subject class, object class) of each pair (labels int64 [R])."""

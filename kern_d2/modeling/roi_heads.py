@@ -18,6 +18,8 @@ from kern_d2.layers import PairUnionPooler
 from kern_d2.structures import SceneGraphInstances, set_relation_predictions
 
 from .detections import top_candidate_detections
+from .long_tail import LongTailSwitches
+from .long_tail import mean_cross_entropy as _mean_cross_entropy
 from .object_routing import ObjectRouting
 from .pair_sampling import all_ordered_pairs, detected_pair_labels, gt_pair_labels, overlapping, sample_pairs
 from .priors import KnowledgePriors
@@ -102,6 +104,7 @@ class KERNROIHeads(StandardROIHeads):
         object_loss_weight: float,
         relation_loss_weight: float,
         freeze_detector: bool,
+        long_tail: LongTailSwitches,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -122,6 +125,7 @@ class KERNROIHeads(StandardROIHeads):
         self.object_loss_weight = object_loss_weight
         self.relation_loss_weight = relation_loss_weight
         self.freeze_detector = freeze_detector
+        self.long_tail = long_tail
         if freeze_detector:
             for module in (self.box_head, self.box_predictor):
                 for param in module.parameters():
@@ -168,6 +172,7 @@ class KERNROIHeads(StandardROIHeads):
             object_loss_weight=rel.OBJECT_LOSS_WEIGHT,
             relation_loss_weight=rel.RELATION_LOSS_WEIGHT,
             freeze_detector=rel.FREEZE_DETECTOR,
+            long_tail=LongTailSwitches(**LongTailSwitches.from_config(cfg, union_feature.output_size, object_dim)),
         )
         return ret
 
@@ -283,7 +288,8 @@ class KERNROIHeads(StandardROIHeads):
             object_targets.append(obj_target)
 
         rel_logits = self._relation_logits(features, boxes, pair_list, obj_feats.split(sizes), prior_labels)
-        rel_loss = _mean_cross_entropy(rel_logits, torch.cat(pair_target_list))
+        rel_logits, rel_weight = self.long_tail.training_loss_inputs(rel_logits, self.priors)
+        rel_loss = _mean_cross_entropy(rel_logits, torch.cat(pair_target_list), rel_weight)
         losses = {"loss_relation": self.relation_loss_weight * rel_loss}
         if obj_logits is not None and self.object_routing is not None:
             obj_loss = _mean_cross_entropy(obj_logits, torch.cat(object_targets))
@@ -301,7 +307,7 @@ class KERNROIHeads(StandardROIHeads):
         subj_labels = torch.cat([l[p[:, 0]] for l, p in zip(obj_labels, pair_idxs)])
         obj_labels_cat = torch.cat([l[p[:, 1]] for l, p in zip(obj_labels, pair_idxs)])
         prior = self.priors.pair_prior(subj_labels, obj_labels_cat)  # float32; the heads cast it as they need
-        return self.relation_head(union, subj, obj, prior)
+        return self.long_tail.relation_logits(self.relation_head, union, subj, obj, prior, self.priors)
 
     def _relation_scores(self, features, boxes, pair_list, obj_feats_per_image, labels) -> List[torch.Tensor]:
         """Softmax predicate scores float32 [Mi, P] per image. The pairs of the whole batch go through the head in
@@ -344,13 +350,6 @@ class KERNROIHeads(StandardROIHeads):
             set_relation_predictions(result, pairs[order], image_rel_scores[order])
             results.append(result)
         return results
-
-
-def _mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy (in float32) averaged over the targets >= 0; 0 (still part of the graph) when there are none.
-    No device sync: the count is divided on the device."""
-    total = F.cross_entropy(logits.float(), targets, ignore_index=-1, reduction="sum")
-    return total / (targets >= 0).sum().clamp_min(1)
 
 
 def _matched_gt_classes(boxes: Boxes, gt_boxes: Boxes, gt_classes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
