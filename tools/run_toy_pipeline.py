@@ -36,9 +36,9 @@ def run_step(title, command, done_file=None, env=None):
 
 
 def read_metrics(output_dir):
-    path = os.path.join(output_dir, "inference", "toy_test", "sgg_metrics.json")
-    with open(path) as f:
-        return json.load(f)["metrics"]  # percent
+    from kern_d2.evaluation.sgg_report import read_sgg_metrics
+
+    return read_sgg_metrics(output_dir, "toy_test")["metrics"]  # percent
 
 
 def write_test_boxes(toy_root, path, num_images):
