@@ -28,6 +28,7 @@ from kern_d2.checkpoint import SGGCheckpointer
 from kern_d2.config import add_kern_config
 from kern_d2.data import SGGDatasetMapper, filter_images_without_overlapping_pairs
 from kern_d2.evaluation import SceneGraphEvaluator
+from kern_d2.utils.foreground_monitor import ForegroundMonitor
 
 logger = logging.getLogger("kern_d2")
 
@@ -114,6 +115,10 @@ class SGGTrainer(DefaultTrainer):
 
     def build_hooks(self):
         hook_list = super().build_hooks()
+        if is_sgg_model(self.cfg) and comm.is_main_process():
+            # Before the writers (main process only), with their period, so that they write the period's counts.
+            writer = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter))
+            hook_list.insert(writer, ForegroundMonitor(hook_list[writer]._period))
         if is_sgg_model(self.cfg) and self.cfg.TEST.SGG.BEST_METRIC and self.cfg.TEST.EVAL_PERIOD > 0:
             # After EvalHook (which puts the metrics in storage) and before the writers.
             position = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook)) + 1
