@@ -57,6 +57,7 @@ toy_training() {
   for task in predcls sgcls sgdet; do
     echo "toy $task:"
     python3 tools/train_net.py --config-file configs/toy/kern_$task.yaml MODEL.DEVICE cuda MODEL.WEIGHTS "" \
+      MODEL.UNTRAINED_DETECTOR allow \
       MODEL.ROI_RELATION_HEAD.PRIORS_FILE /tmp/toy_priors.npz SOLVER.AMP.ENABLED True SOLVER.AMP.PRECISION bfloat16 \
       SOLVER.IMS_PER_BATCH 8 SOLVER.MAX_ITER 5 DATALOADER.NUM_WORKERS 2 OUTPUT_DIR /tmp/step_$task 2>&1 \
       | grep -E "iter: |copypaste|Error|error|Traceback" | tail -6
