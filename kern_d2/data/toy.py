@@ -95,7 +95,7 @@ def _object_size(rng, name) -> Tuple[int, int]:
     return w, h
 
 
-def _pair_layout(rng, predicate, size_s, size_o) -> Tuple[np.ndarray, np.ndarray]:
+def pair_layout(rng, predicate, size_s, size_o) -> Tuple[np.ndarray, np.ndarray]:
     """Subject and object boxes (XYXY) for the predicate's geometry, in a frame the caller shifts to (0, 0)."""
     (ws, hs), (wo, ho) = size_s, size_o
     layout = CONTACT_RULES[predicate][0] if predicate in CONTACT_RULES else predicate
@@ -147,7 +147,7 @@ def _sample_group(rng):
     names, weights = list(PREDICATE_WEIGHTS), np.array(list(PREDICATE_WEIGHTS.values()))
     predicate = names[rng.choice(len(names), p=weights / weights.sum())]
     subj, obj = _sample_pair(rng, predicate)
-    box_s, box_o = _pair_layout(rng, predicate, _object_size(rng, subj), _object_size(rng, obj))
+    box_s, box_o = pair_layout(rng, predicate, _object_size(rng, subj), _object_size(rng, obj))
     boxes = np.stack([box_s, box_o]).astype(np.float64)
     boxes -= np.tile(boxes[:, :2].min(axis=0), 2)  # layouts may use negative offsets
     rels = [[0, 1, PREDICATES.index(predicate) + 1]]
@@ -156,7 +156,7 @@ def _sample_group(rng):
     return [subj, obj], boxes, np.array(rels, dtype=np.int64)
 
 
-def _place(rng, size_wh, occupied: List[np.ndarray], width, height, margin=6, tries=40):
+def place_group(rng, size_wh, occupied: List[np.ndarray], width, height, margin=6, tries=40):
     """Top-left corner for a group of size ``size_wh`` that keeps ``margin`` px from the occupied boxes."""
     gw, gh = size_wh
     if gw + 4 > width or gh + 4 > height:
@@ -172,7 +172,7 @@ def _place(rng, size_wh, occupied: List[np.ndarray], width, height, margin=6, tr
     return None
 
 
-def _background(rng, width, height) -> np.ndarray:
+def textured_background(rng, width, height) -> np.ndarray:
     """Muted, noisy texture: a smooth random gradient plus blurred noise, so objects must be told from clutter."""
     base = rng.integers(70, 150, size=3)
     small = rng.normal(0, 18, size=(6, 6, 3)).astype(np.float32)
@@ -181,8 +181,16 @@ def _background(rng, width, height) -> np.ndarray:
     return np.clip(base + smooth + noise, 0, 255).astype(np.uint8)
 
 
+SHAPES = ("rectangle", "square", "frame", "circle", "ellipse", "triangle", "diamond", "chevron")
+
+
 def _draw(pixels, name, box, rng):
     shape, colour, _, _ = CLASSES[name]
+    draw_shape(pixels, shape, colour, box, rng)
+
+
+def draw_shape(pixels: np.ndarray, shape: str, colour, box, rng) -> None:
+    """Fill one of ``SHAPES`` into the XYXY ``box`` of BGR ``pixels`` (in place), its colour jittered by +-15."""
     colour = tuple(int(c) for c in np.clip(np.array(colour) + rng.integers(-15, 16, size=3), 0, 255))
     x1, y1, x2, y2 = (int(v) for v in box)
     x2, y2 = x2 - 1, y2 - 1  # inclusive pixel coordinates for OpenCV; the box is [x1, x2) x [y1, y2)
@@ -221,7 +229,7 @@ def generate_toy_image(rng: np.random.Generator) -> ToyImage:
             w, h = _object_size(rng, name)
             group_names, group_boxes, group_rels = [name], np.array([[0, 0, w, h]], float), np.zeros((0, 3), int)
         size = group_boxes[:, 2:].max(axis=0)
-        corner = _place(rng, size, occupied, width, height)
+        corner = place_group(rng, size, occupied, width, height)
         if corner is None:
             continue
         offset = np.array([corner[0], corner[1]] * 2, dtype=np.float64)
@@ -231,7 +239,7 @@ def generate_toy_image(rng: np.random.Generator) -> ToyImage:
         boxes.append(group_boxes + offset)
     boxes = np.concatenate(boxes)
     classes = np.array([THING_CLASSES.index(n) for n in names], dtype=np.int64)
-    pixels = _background(rng, width, height)
+    pixels = textured_background(rng, width, height)
     # containers first, so what is inside them is drawn on top
     for i in sorted(range(len(names)), key=lambda i: CLASSES[names[i]][0] != "frame"):
         _draw(pixels, names[i], boxes[i], rng)
