@@ -24,8 +24,20 @@
 #   loading          bench_data_loading.py: 300 VG-sized JPEGs, 2 passes, workers 0,1,2,4,8            ~40 s
 #   toy              3 toy KERN trainings (PredCls/SGCls/SGDet), 5 bf16 steps each                     ~2.5 min
 #   profile          routing (relation, fused gate) + step + infer (chunk 4096) with --profile         ~4 min
+#   vg-scale-1       benchmarks/vg_scale.py --part 1: VG stand-in (108,073-row index, 5,000 train + 2,200
+#                    test JPEGs), VG-Detection R-101-FPN 200 iterations from random init, priors,
+#                    KERN PredCls 300 iterations (each at the config's batch)                          ~6-7 min
+#   vg-scale-2       benchmarks/vg_scale.py --part 2: KERN SGCls, SGDet 300 iterations each, then
+#                    --eval-only SGDet on >= 2,000 test images, overlapping pairs and all pairs; needs
+#                    part 1's state in output/ and datasets/ (the same warm machine), else redoes part 1
+#                    small first and trains SGCls/SGDet 100 iterations                                 ~6-8 min
+#   vg-scale         both parts in one call (more than one call allows at these sizes)
+#   vg-scale-smoke   the same commands at tiny sizes (CPU-sized; a check of the path, ~8 min on 2 CPU cores)
 # e.g. `union routing step infer loading` ~6 min + setup (within one call); `routing-compile` alone; `tests toy`;
-# `profile` alone. `all` runs every target (~19 min: more than one call allows).
+# `profile` alone; `vg-scale-1` then `vg-scale-2` in the next call, at once (the machine stays warm only briefly).
+# `all` runs every target but the vg-scale ones (~19 min: more than one call allows).
+# vg-scale sizes: VG_SCALE_<SIZE> (e.g. VG_SCALE_DETECTOR_ITERS, VG_SCALE_KERN_ITERS, VG_SCALE_TEST_IMAGES; see
+# benchmarks/vg_scale.py), VG_SCALE_BUDGET_S (skip the evaluations that no longer fit).
 # Environment: STEP_IMAGES_PER_S (loading: images/s per GPU the training step consumes; default 48, the KERN SGDet
 # step on the H100), OUT (output folder; default /tmp/out).
 set -uo pipefail
@@ -95,6 +107,11 @@ for target in "${selected[@]}"; do
         --workers 0,1,2,4,8 --step-images-per-s "$step_images_per_s" ;;
     toy)
       run toy toy_training ;;
+    vg-scale-1|vg-scale-2|vg-scale|vg-scale-smoke)
+      part=${target#vg-scale}; part=${part#-}
+      case $part in "") args="--part all" ;; smoke) args="--part all --smoke --workdir /tmp/vg_scale_smoke" ;;
+        *) args="--part $part" ;; esac
+      run "$target" python3 benchmarks/vg_scale.py $args --out "$out" ;;
     profile)
       run profile python3 benchmarks/bench_routing.py --only relation --gates fused --repeats 10 --profile
       run profile python3 benchmarks/bench_train_step.py --device cuda --repeats 5 --profile
