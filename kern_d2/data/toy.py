@@ -26,14 +26,7 @@ from typing import Dict, List, Tuple
 import cv2
 import numpy as np
 
-from .vg_format import (
-    SPLIT_TEST,
-    SPLIT_TRAIN,
-    write_image_data,
-    write_vg_dicts,
-    write_vg_h5,
-    xyxy_to_boxes_1024,
-)
+from .vg_format import SPLIT_TEST, SPLIT_TRAIN, write_vg_dataset
 
 # name -> (shape, BGR colour, (min w, max w), (min h, max h)); distinct, except the look-alike noted below
 CLASSES: Dict[str, Tuple[str, Tuple[int, int, int], Tuple[int, int], Tuple[int, int]]] = {
@@ -268,30 +261,21 @@ def generate_toy_dataset(
     for image_id, image in zip(image_ids, images):
         cv2.imwrite(os.path.join(image_dir, f"{image_id}.jpg"), image.pixels, [cv2.IMWRITE_JPEG_QUALITY, 92])
 
-    widths = np.array([im.width for im in images])
-    heights = np.array([im.height for im in images])
-    box_counts = np.array([len(im.boxes) for im in images])
-    scale = np.repeat(np.maximum(widths, heights) / 1024.0, box_counts)
-    classes = np.concatenate([im.classes for im in images])
-    relations = np.concatenate([im.relations for im in images])
-    write_vg_h5(
-        os.path.join(output_dir, "VG-SGG.h5"),
+    write_vg_dataset(
+        output_dir,
         split=np.array([SPLIT_TRAIN] * num_train + [SPLIT_TEST] * num_test),
-        box_counts=box_counts,
-        boxes_1024=xyxy_to_boxes_1024(np.concatenate([im.boxes for im in images]), scale),
-        labels=classes + 1,
+        image_ids=image_ids,
+        widths=np.array([im.width for im in images]),
+        heights=np.array([im.height for im in images]),
+        box_counts=np.array([len(im.boxes) for im in images]),
+        boxes=np.concatenate([im.boxes for im in images]),
+        classes=np.concatenate([im.classes for im in images]),
         rel_counts=np.array([len(im.relations) for im in images]),
-        relations=relations,
-        attrs={"num_val_images": num_val},
+        relations=np.concatenate([im.relations for im in images]),
+        thing_classes=THING_CLASSES,
+        predicate_names=PREDICATES,
+        h5_attrs={"num_val_images": num_val},
     )
-    write_vg_dicts(
-        os.path.join(output_dir, "VG-SGG-dicts.json"),
-        THING_CLASSES,
-        PREDICATES,
-        object_counts=np.bincount(classes, minlength=len(THING_CLASSES)),
-        predicate_counts=np.bincount(relations[:, 2], minlength=len(PREDICATES) + 1)[1:],
-    )
-    write_image_data(os.path.join(output_dir, "image_data.json"), image_ids, widths, heights)
     return toy_summary(images, num_train, num_val, num_test)
 
 

@@ -148,3 +148,42 @@ def write_image_data(image_data_file: str, image_ids, widths, heights, url_prefi
     os.makedirs(os.path.dirname(os.path.abspath(image_data_file)), exist_ok=True)
     with open(image_data_file, "w") as f:
         json.dump(entries, f)
+
+
+def write_vg_dataset(
+    output_dir: str,
+    *,
+    split: np.ndarray,
+    image_ids: np.ndarray,
+    widths: np.ndarray,
+    heights: np.ndarray,
+    box_counts: np.ndarray,
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    rel_counts: np.ndarray,
+    relations: np.ndarray,
+    thing_classes: Sequence[str],
+    predicate_names: Sequence[str],
+    extra_image_ids: Sequence[int] = (),
+    h5_attrs: Dict[str, object] = None,
+):
+    """Write ``VG-SGG.h5``, ``VG-SGG-dicts.json`` (with class and predicate counts) and ``image_data.json`` of N
+    images in ``output_dir``.
+
+    boxes: [B, 4] XYXY at true size (stored at the 1024 scale). classes: [B] 0-based. relations: [R, 3] local
+    (subject, object, predicate 1..P-1). extra_image_ids: ids listed in image_data.json but not in the h5 (VG's
+    corrupt images), inserted at their sorted places among ``image_ids`` (800 x 600).
+    """
+    box_counts = np.asarray(box_counts, dtype=np.int64)
+    scale = np.repeat(np.maximum(widths, heights) / float(BOX_SCALE), box_counts)
+    write_vg_h5(os.path.join(output_dir, "VG-SGG.h5"), split=split, box_counts=box_counts,
+                boxes_1024=xyxy_to_boxes_1024(boxes, scale), labels=np.asarray(classes) + 1, rel_counts=rel_counts,
+                relations=relations, attrs=h5_attrs)
+    write_vg_dicts(
+        os.path.join(output_dir, "VG-SGG-dicts.json"), thing_classes, predicate_names,
+        object_counts=np.bincount(classes, minlength=len(thing_classes)),
+        predicate_counts=np.bincount(np.asarray(relations)[:, 2], minlength=len(predicate_names) + 1)[1:],
+    )
+    positions = np.searchsorted(image_ids, extra_image_ids)
+    write_image_data(os.path.join(output_dir, "image_data.json"), np.insert(image_ids, positions, extra_image_ids),
+                     np.insert(widths, positions, 800), np.insert(heights, positions, 600))

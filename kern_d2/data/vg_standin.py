@@ -28,15 +28,7 @@ import cv2
 import numpy as np
 
 from .toy import SHAPES, draw_shape, pair_layout, place_group, textured_background
-from .vg_format import (
-    CORRUPT_IMAGE_IDS,
-    SPLIT_TEST,
-    SPLIT_TRAIN,
-    write_image_data,
-    write_vg_dicts,
-    write_vg_h5,
-    xyxy_to_boxes_1024,
-)
+from .vg_format import CORRUPT_IMAGE_IDS, SPLIT_TEST, SPLIT_TRAIN, write_vg_dataset
 
 VG_ROWS, VG_TRAIN_ROWS = 108_073, 75_651
 NUM_CLASSES, NUM_PREDICATES = 150, 50
@@ -209,26 +201,10 @@ def generate_vg_standin(
         done = {i: _generate_chunk(tasks[i]) for i in order}
     parts = [done[i] for i in range(len(tasks))]
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    scale = np.repeat(np.maximum(data["widths"], data["heights"]) / 1024.0, data["box_counts"])
-    write_vg_h5(
-        os.path.join(output_dir, "VG-SGG.h5"),
-        split=np.where(np.arange(num_rows) < num_train_rows, SPLIT_TRAIN, SPLIT_TEST),
-        box_counts=data["box_counts"],
-        boxes_1024=xyxy_to_boxes_1024(data["boxes"], scale),
-        labels=data["classes"] + 1,
-        rel_counts=data["rel_counts"],
-        relations=data["relations"],
-    )
-    write_vg_dicts(
-        os.path.join(output_dir, "VG-SGG-dicts.json"), CLASS_NAMES, PREDICATE_NAMES,
-        object_counts=np.bincount(data["classes"], minlength=NUM_CLASSES),
-        predicate_counts=np.bincount(data["relations"][:, 2], minlength=NUM_PREDICATES + 1)[1:],
-    )
-    # VG's image_data.json is sorted by id and lists the corrupt images too: insert them at their places.
-    positions = np.searchsorted(image_ids, CORRUPT_IMAGE_IDS)
-    write_image_data(
-        os.path.join(output_dir, "image_data.json"), np.insert(image_ids, positions, CORRUPT_IMAGE_IDS),
-        np.insert(data["widths"], positions, 800), np.insert(data["heights"], positions, 600),
+    write_vg_dataset(
+        output_dir, split=np.where(np.arange(num_rows) < num_train_rows, SPLIT_TRAIN, SPLIT_TEST),
+        image_ids=image_ids, thing_classes=CLASS_NAMES, predicate_names=PREDICATE_NAMES,
+        extra_image_ids=CORRUPT_IMAGE_IDS, **data,  # VG's image_data.json lists the corrupt images too
     )
     return standin_summary(data, num_train_rows, len(drawn))
 
