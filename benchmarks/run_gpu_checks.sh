@@ -26,13 +26,14 @@
 #   profile          routing (relation, fused gate) + step + infer (chunk 4096) with --profile         ~4 min
 #   vg-scale-1       benchmarks/vg_scale.py --part 1: VG stand-in (108,073-row index, 5,000 train + 2,200
 #                    test JPEGs), VG-Detection R-101-FPN 200 iterations from random init, priors,
-#                    KERN PredCls 300 iterations (each at the config's batch)                          ~6-7 min
-#   vg-scale-2       benchmarks/vg_scale.py --part 2: KERN SGCls, SGDet 300 iterations each, then
-#                    --eval-only SGDet on >= 2,000 test images, overlapping pairs and all pairs; needs
-#                    part 1's state in output/ and datasets/ (the same warm machine), else redoes part 1
-#                    small first and trains SGCls/SGDet 100 iterations                                 ~6-8 min
+#                    KERN PredCls and SGCls 300 iterations each (at the configs' batches)              ~8 min
+#   vg-scale-2       benchmarks/vg_scale.py --part 2: KERN SGDet 300 iterations, then --eval-only SGDet
+#                    on >= 2,000 test images, overlapping pairs and all pairs; needs part 1's state in
+#                    output/ and datasets/ (the same warm machine), else redoes part 1 small first      ~8 min
+#                    Both parts cut training iterations (not below 50) to stay within VG_SCALE_BUDGET_S
+#                    (default 480 s; set it to the call's limit less the setup)
 #   vg-scale         both parts in one call (more than one call allows at these sizes)
-#   vg-scale-smoke   the same commands at tiny sizes (CPU-sized; a check of the path, ~8 min on 2 CPU cores)
+#   vg-scale-smoke   the same commands at tiny sizes (on the GPU; a check of the path, ~2-3 min)
 # e.g. `union routing step infer loading` ~6 min + setup (within one call); `routing-compile` alone; `tests toy`;
 # `profile` alone; `vg-scale-1` then `vg-scale-2` in the next call, at once (the machine stays warm only briefly).
 # `all` runs every target but the vg-scale ones (~19 min: more than one call allows).

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The Visual Genome path at VG scale, on the stand-in: the commands a VG user runs, timed, in two parts.
 
-    python benchmarks/vg_scale.py --part 1 --out $OUT     # stand-in, detector, priors, PredCls
-    python benchmarks/vg_scale.py --part 2 --out $OUT     # SGCls, SGDet, --eval-only SGDet (overlap / all pairs)
-    python benchmarks/vg_scale.py --part all --smoke --workdir /tmp/vg_smoke --out /tmp/vg_smoke/out   # CPU check
+    python benchmarks/vg_scale.py --part 1 --out $OUT     # stand-in, detector, priors, PredCls, SGCls
+    python benchmarks/vg_scale.py --part 2 --out $OUT     # SGDet, --eval-only SGDet (overlapping / all pairs)
+    python benchmarks/vg_scale.py --part all --smoke --workdir /tmp/vg_smoke --out /tmp/vg_smoke/out   # check
 
 Every step runs a project tool as a VG user would, from ``--workdir`` (the configs' relative paths resolve there:
 ``datasets/vg/`` for the stand-in and the priors, ``output/vg_*`` for the checkpoints, so each phase starts from
@@ -18,13 +18,17 @@ the previous phase's ``model_final.pth`` exactly as the README says):
 
 Only iteration counts and dataset choices are overridden (``SOLVER.MAX_ITER``; the training phases evaluate at
 their end on the small vg150_val instead of the whole test split; the builtin names read ``KERN_VG_NUM_VAL`` and
-``KERN_VG_MISSING_IMAGES=skip``). ``--smoke`` shrinks everything (tiny images and inputs, a few iterations, CPU).
+``KERN_VG_MISSING_IMAGES=skip``). Should the detector diverge at the config's learning rate from random init, it
+is trained once more at a tenth of it (recorded). ``--smoke`` shrinks everything (small images and inputs, a few
+iterations, batch 2; on the GPU when there is one).
 
+Time: ``--budget-s`` (default 480 s a part) cuts training iterations, to no fewer than 50, when the estimated time
+of the steps after them (measured s/iter where this run has them, else guesses for an H200) would not fit.
 Part 2 needs part 1's checkpoints in ``--workdir``. When they are gone (a fresh machine), it redoes part 1
-cheaply (fewer images and iterations, marked ``"redone"`` in the JSON) and trains SGCls/SGDet for fewer
-iterations, so that the call still fits. Results: ``<out>/vg_scale.json`` (merged over the parts run in the same
-workdir; written after every step, so a killed run keeps what it measured) and ``<out>/vg_scale.log``; the SGDet
-evaluations' ``sgg_metrics.json`` and plots are copied to ``<out>`` too.
+small (fewer images and iterations, marked ``"redone"`` in the JSON) and trains SGDet for fewer iterations.
+Results: ``<out>/vg_scale.json`` (merged over the parts run in the same workdir; written after every step, so a
+killed run keeps what it measured) and ``<out>/vg_scale.log``; the SGDet evaluations' ``sgg_metrics.json`` and
+plots are copied to ``<out>`` too (7 files in all).
 """
 import argparse
 import glob
@@ -53,14 +57,19 @@ SIZES = {
     "num_val": (100, 4),
     "detector_iters": (200, 4),
     "kern_iters": (300, 3),
-    # part 2 on a fresh machine: part 1 again, small, then SGCls/SGDet shorter
+    # part 2 on a fresh machine: part 1 again, small, then SGDet shorter
     "redo_train_images": (1_000, 24),
     "redo_detector_iters": (30, 2),
-    "redo_predcls_iters": (30, 2),
+    "redo_predcls_iters": (30, 2),  # PredCls and SGCls
     "redo_kern_iters": (100, 3),
 }
-# The smoke run's inputs: small images, CPU, no loader workers, 2 images a batch.
-SMOKE_OPTS = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224",
+# Guesses for an H200 (fp32, the configs' batches, 4 loader workers) until the run has measured them: s/iter per
+# phase, s per test image of the SGDet evaluations (batch 1), a tool's start-up plus end-of-training evaluation.
+GUESS_S_PER_ITER = {"detector": 0.7, "predcls": 0.3, "sgcls": 0.4, "sgdet": 0.5}
+GUESS_EVAL_S_PER_IMAGE = {"overlap": 0.06, "all_pairs": 0.1}
+STARTUP_S, PRIORS_S, MIN_ITERS = 45, 30, 50
+# The smoke run's inputs: small images, no loader workers, 2 images a batch (on the GPU when there is one).
+SMOKE_OPTS = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224",
               "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "224", "DATALOADER.NUM_WORKERS", "0",
               "SOLVER.IMS_PER_BATCH", "2", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200",
               "MODEL.ROI_RELATION_HEAD.MAX_DETECTIONS", "12"]
@@ -72,8 +81,10 @@ def parse_args(argv=None):
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU: checks the commands end to end")
     parser.add_argument("--workdir", default=ROOT, help="where datasets/ and output/ go (default: the project root)")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"), help="JSON, log and metrics go here")
-    parser.add_argument("--budget-s", type=float, default=float(os.environ.get("VG_SCALE_BUDGET_S", 0)) or None,
-                        help="stop starting steps whose estimate no longer fits (default: no limit)")
+    parser.add_argument("--budget-s", type=float, default=os.environ.get("VG_SCALE_BUDGET_S"),
+                        help="seconds this part may take: training iterations are cut (to no fewer than "
+                             f"{MIN_ITERS}) so that the steps after them fit (default 480, none with --smoke); "
+                             "env VG_SCALE_BUDGET_S")
     for key in SIZES:
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, help=f"default {SIZES[key][0]} ({SIZES[key][1]} "
                             "with --smoke); env VG_SCALE_" + key.upper())
@@ -82,6 +93,9 @@ def parse_args(argv=None):
     for key, (full, smoke) in SIZES.items():
         if getattr(args, key) is None:
             setattr(args, key, int(os.environ.get(f"VG_SCALE_{key.upper()}", smoke if args.smoke else full)))
+    if args.budget_s is None:
+        args.budget_s = None if args.smoke else 480.0
+    args.budget_s = float(args.budget_s) if args.budget_s else None
     args.workdir, args.out = os.path.abspath(args.workdir), os.path.abspath(args.out)
     return args
 
@@ -177,6 +191,7 @@ class VGScaleRun:
                 self.state = json.load(f)
         self.start = time.perf_counter()
         self.log = open(os.path.join(args.out, "vg_scale.log"), "a")
+        self.smoke_opts = ["MODEL.DEVICE", "cuda" if _cuda_available() else "cpu", *SMOKE_OPTS] if args.smoke else []
         self.env = dict(os.environ, KERN_DATASETS=os.path.join(args.workdir, "datasets"),
                         KERN_VG_NUM_VAL=str(args.num_val), KERN_VG_MISSING_IMAGES="skip",
                         PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
@@ -222,14 +237,34 @@ class VGScaleRun:
         self.say(f"{step}: done in {wall:.0f} s")
         return output
 
-    def fits(self, step: str, estimate_s: float) -> bool:
+    def s_per_iter(self, phase: str) -> float:
+        """This run's measured s/iter of ``phase`` (also from part 1, in the same workdir), else a guess scaled by
+        the measured PredCls step."""
+        steps = self.state["steps"]
+        if steps.get(phase, {}).get("s_per_iter"):
+            return steps[phase]["s_per_iter"]
+        if phase in ("sgcls", "sgdet") and steps.get("predcls", {}).get("s_per_iter"):
+            return steps["predcls"]["s_per_iter"] * GUESS_S_PER_ITER[phase] / GUESS_S_PER_ITER["predcls"]
+        return GUESS_S_PER_ITER[phase]
+
+    def eval_s(self, name: str) -> float:
+        """Estimated seconds of an SGDet evaluation on the test split."""
+        measured = self.state["steps"].get(f"eval_{name}", {}).get("inference_s_per_image")
+        return STARTUP_S + self.args.test_images * (measured or GUESS_EVAL_S_PER_IMAGE[name])
+
+    def fit_iters(self, phase: str, wanted: int, reserve_s: float) -> int:
+        """``wanted`` iterations, or fewer (at least MIN_ITERS) when the budget, less ``reserve_s`` for the steps
+        after this one, does not hold them at the estimated s/iter."""
         budget = self.args.budget_s
-        if budget is None or time.perf_counter() - self.start + estimate_s <= budget:
-            return True
-        self.say(f"{step}: skipped, its ~{estimate_s:.0f} s do not fit the budget of {budget:.0f} s")
-        self.state["steps"][step] = {"skipped": f"over the budget ({budget:.0f} s)"}
-        self.save()
-        return False
+        if budget is None:
+            return wanted
+        left = budget - (time.perf_counter() - self.start) - reserve_s - STARTUP_S
+        iters = max(min(wanted, int(left / self.s_per_iter(phase))), min(MIN_ITERS, wanted))
+        if iters < wanted:
+            self.say(f"{phase}: {iters} iterations instead of {wanted} to fit the budget of {budget:.0f} s "
+                     f"(~{self.s_per_iter(phase):.2f} s/iter, {reserve_s:.0f} s kept for the steps after it)")
+            self.state.setdefault("iterations_cut_for_budget", {})[phase] = {"wanted": wanted, "ran": iters}
+        return iters
 
     # ------------------------------------------------------------------------------------------ steps
     def data(self, train_images: int):
@@ -260,7 +295,7 @@ class VGScaleRun:
         a = self.args
         output_dir = os.path.join(a.workdir, OUTPUT_DIRS[phase])
         shutil.rmtree(output_dir, ignore_errors=True)  # a fresh run: its metrics.json is this run's alone
-        opts = ["SOLVER.MAX_ITER", str(iters), *extra, *(SMOKE_OPTS if a.smoke else [])]
+        opts = ["SOLVER.MAX_ITER", str(iters), *extra, *self.smoke_opts]
         output = self.tool(phase, "train_net.py", "--config-file", os.path.join(ROOT, CONFIGS[phase]), *opts)
         batch = 2 if a.smoke else _config_value(CONFIGS[phase], "SOLVER.IMS_PER_BATCH")
         self.state["steps"][phase].update(iters=iters, images_per_batch=batch,
@@ -309,7 +344,7 @@ class VGScaleRun:
         if all_pairs:
             opts += ["MODEL.ROI_RELATION_HEAD.REQUIRE_OVERLAP", "False"]
         output = self.tool(f"eval_{name}", "train_net.py", "--config-file", os.path.join(ROOT, CONFIGS["sgdet"]),
-                           "--eval-only", *opts, *(SMOKE_OPTS if a.smoke else []))
+                           "--eval-only", *opts, *self.smoke_opts)
         metrics = os.path.join(output_dir, "inference", "vg150_test", "sgg_metrics.json")
         step = self.state["steps"][f"eval_{name}"]
         step.update(evaluation_figures(output, metrics))
@@ -324,25 +359,31 @@ class VGScaleRun:
         a = self.args
         self.state["redone" if redo else "part1"] = True
         self.data(a.redo_train_images if redo else a.train_images)
-        self.detector(a.redo_detector_iters if redo else a.detector_iters)
+        if redo:
+            self.detector(a.redo_detector_iters)
+            self.priors()
+            for mode in ("predcls", "sgcls"):
+                self.kern(mode, a.redo_predcls_iters)
+            return
+        later = {m: STARTUP_S + MIN_ITERS * self.s_per_iter(m) for m in ("predcls", "sgcls")}
+        self.detector(self.fit_iters("detector", a.detector_iters, PRIORS_S + later["predcls"] + later["sgcls"]))
         self.priors()
-        self.kern("predcls", a.redo_predcls_iters if redo else a.kern_iters)
+        self.kern("predcls", self.fit_iters("predcls", a.kern_iters, later["sgcls"]))
+        self.kern("sgcls", self.fit_iters("sgcls", a.kern_iters, 0))
 
     def part2(self):
         a = self.args
-        ready = os.path.isfile(os.path.join(a.workdir, OUTPUT_DIRS["predcls"], "model_final.pth")) and os.path.isfile(
+        ready = os.path.isfile(os.path.join(a.workdir, OUTPUT_DIRS["sgcls"], "model_final.pth")) and os.path.isfile(
             os.path.join(a.workdir, "datasets", "vg", "kern_priors_vg150.npz"))
         iters = a.kern_iters
         if not ready:
             self.say("part 2: part 1's checkpoints are not here (a fresh machine): redoing part 1, small")
             self.part1(redo=True)
             iters = a.redo_kern_iters
-        self.kern("sgcls", iters)
-        self.kern("sgdet", iters)
+        self.kern("sgdet", self.fit_iters("sgdet", iters, self.eval_s("overlap") + self.eval_s("all_pairs")))
         # SGDet evaluation over the test split: overlapping pairs (the default), then all pairs.
-        for name, all_pairs, estimate in (("overlap", False, 100), ("all_pairs", True, 150)):
-            if self.fits(f"eval_{name}", 5 if a.smoke else estimate):
-                self.evaluate(name, all_pairs)
+        self.evaluate("overlap", all_pairs=False)
+        self.evaluate("all_pairs", all_pairs=True)
 
 
 def _config_value(config: str, key: str):
@@ -360,6 +401,12 @@ def _config_value(config: str, key: str):
     return cfg
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _has_pycocotools() -> bool:
     try:
         import pycocotools  # noqa: F401
@@ -371,7 +418,7 @@ def _has_pycocotools() -> bool:
 def _device_name() -> str:
     import torch
 
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return torch.cuda.get_device_name(0) if _cuda_available() else "cpu"
 
 
 def main(argv=None):

@@ -47,3 +47,18 @@ def test_evaluation_figures(vg_scale, tmp_path):
     assert figures["images"] == 2010 and figures["inference_s_per_1000_images"] == 50.0
     assert figures["inference_total_s"] == 100.5
     assert figures["sgg"] == {"R@50": 2.0, "R@100": 3.0, "mR@50": 0.5, "ng-mR@100": 4.0}
+
+
+def test_iterations_cut_to_fit_the_budget(vg_scale, tmp_path, monkeypatch):
+    monkeypatch.delenv("VG_SCALE_BUDGET_S", raising=False)
+    args = vg_scale.parse_args(["--part", "2", "--budget-s", "100", "--workdir", str(tmp_path), "--out",
+                                str(tmp_path / "out")])
+    run = vg_scale.VGScaleRun(args)
+    run.start -= 20  # 20 s spent
+    run.state["steps"]["predcls"] = {"s_per_iter": 0.2}
+    # left = 100 - 20 - 45 (start-up) = 35 s at 0.2 x 0.4 / 0.3 s/iter (SGCls scaled from the measured PredCls)
+    assert run.fit_iters("sgcls", 300, reserve_s=0) == int(35 / (0.2 * 0.4 / 0.3))
+    assert run.state["iterations_cut_for_budget"]["sgcls"] == {"wanted": 300, "ran": 131}
+    assert run.fit_iters("sgdet", 300, reserve_s=1000) == 50  # never below MIN_ITERS
+    assert run.fit_iters("sgdet", 20, reserve_s=1000) == 20
+    assert vg_scale.parse_args(["--smoke"]).budget_s is None and vg_scale.parse_args([]).budget_s == 480.0
