@@ -225,7 +225,8 @@ class VGScaleRun:
         wall = time.perf_counter() - start
         with open(os.path.join(self.args.workdir, "logs", f"{step}.log"), "w") as f:
             f.write(output)
-        keep = r"Overall training speed|Total inference|max_mem|WARNING|Error|error:|copypaste|VG_SCALE|Wrote|rows:|boxes|relations:|predicates:|images,|Calibrated|R@"
+        keep = (r"Overall training speed|Total inference|max_mem|WARNING|Error|error:|copypaste|VG_SCALE|Wrote|rows:"
+                r"|boxes|relations:|predicates:|images,|Calibrated|R@")
         for line in output.splitlines():
             if re.search(keep, line) and "FutureWarning" not in line:
                 self.log.write(f"  {line[:300]}\n")

@@ -5,7 +5,7 @@ import torch
 from detectron2.engine import TrainerBase
 from detectron2.utils.events import EventStorage
 
-from kern_d2.utils.foreground_monitor import ForegroundMonitor, record_foreground_counts
+from kern_d2.utils.foreground_monitor import ForegroundMonitor, flush_foreground_counts, record_foreground_counts
 
 
 class ScriptedTrainer(TrainerBase):
@@ -40,10 +40,12 @@ def test_period_sums_and_one_warning_for_the_period_without_foreground(caplog):
     assert "MODEL.WEIGHTS" in warnings[0]
 
 
-def test_per_iteration_counts_and_no_storage_is_a_no_op():
-    record_foreground_counts(batch(1, 0))  # outside a trainer: nothing to record, no error
+def test_per_iteration_counts_are_read_after_the_step():
+    record_foreground_counts(batch(1, 0) + [torch.tensor([], dtype=torch.int64)])
     with EventStorage(0) as storage:
-        record_foreground_counts(batch(1, 0) + [torch.tensor([], dtype=torch.int64)])
+        flush_foreground_counts(storage)
         assert storage.latest()["sgg/fg_pairs"][0] == 1
         assert storage.latest()["sgg/images"][0] == 3
         assert storage.latest()["sgg/images_without_fg"][0] == 2
+        flush_foreground_counts(storage)  # nothing recorded since: nothing put
+        assert len(storage.history("sgg/fg_pairs").values()) == 1

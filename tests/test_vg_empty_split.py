@@ -82,7 +82,8 @@ def test_builtin_vg150_uses_the_environment(tmp_path, vg_writer):
 
 
 def _compute_priors_module():
-    spec = importlib.util.spec_from_file_location("compute_priors_tool", os.path.join(ROOT, "tools", "compute_priors.py"))
+    path = os.path.join(ROOT, "tools", "compute_priors.py")
+    spec = importlib.util.spec_from_file_location("compute_priors_tool", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

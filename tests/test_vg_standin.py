@@ -77,7 +77,7 @@ def test_objects_are_drawn_in_their_boxes(standin):
             shape, colour, _ = class_appearance(a["category_id"])
             x1, y1, x2, y2 = boxes[i]
             cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-            covered = [(j != i and boxes[j, 0] - 3 <= cx <= boxes[j, 2] + 3 and boxes[j, 1] - 3 <= cy <= boxes[j, 3] + 3)
+            covered = [j != i and boxes[j, 0] - 3 <= cx <= boxes[j, 2] + 3 and boxes[j, 1] - 3 <= cy <= boxes[j, 3] + 3
                        for j in range(len(boxes))]
             if shape in ("frame", "chevron", "triangle") or any(covered):
                 continue

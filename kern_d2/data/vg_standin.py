@@ -111,7 +111,8 @@ def generate_layout(rng) -> dict:
             group_classes, group_rels = [subj, obj], [[0, 1, k + 1]]
             if rng.random() < SECOND_PREDICATE_PROB:
                 same_layout = np.flatnonzero(PREDICATE_LAYOUT == PREDICATE_LAYOUT[k])
-                group_rels.append([0, 1, int(same_layout[(np.searchsorted(same_layout, k) + 1) % len(same_layout)]) + 1])
+                second = same_layout[(np.searchsorted(same_layout, k) + 1) % len(same_layout)]
+                group_rels.append([0, 1, int(second) + 1])
         else:
             c = int(rng.choice(NUM_CLASSES, p=CLASS_WEIGHTS / CLASS_WEIGHTS.sum()))
             group, group_classes, group_rels = np.array([[0.0, 0.0, *_object_size(rng, c, longer)]]), [c], []
@@ -216,7 +217,8 @@ def standin_summary(data: Dict[str, np.ndarray], num_train_rows: int, num_images
         "rows": int(len(boxes)), "train_rows": num_train_rows, "test_rows": int(len(boxes) - num_train_rows),
         "images_written": num_images,
         "boxes": int(boxes.sum()), "relations": int(rels.sum()),
-        "boxes_per_image": {"mean": float(boxes.mean()), "p99": float(np.percentile(boxes, 99)), "max": int(boxes.max())},
+        "boxes_per_image": {"mean": float(boxes.mean()), "p99": float(np.percentile(boxes, 99)),
+                            "max": int(boxes.max())},
         "relations_per_image": {"mean": float(rels.mean()), "p99": float(np.percentile(rels, 99)),
                                 "max": int(rels.max()), "without": int((rels == 0).sum())},
         "predicate_share": {"most": float(predicates.max() / predicates.sum()),

@@ -3,9 +3,9 @@
 Images without a foreground pair contribute only background to ``loss_relation`` (and, in SGDet, nothing to
 ``loss_object`` when no detection matches a gt box). With a detector that finds nothing (untrained weights, the
 wrong checkpoint) every image is like that: the losses are exactly 0 and nothing learns, without an error.
-``record_foreground_counts`` puts per-iteration counts into Detectron2's EventStorage; :class:`ForegroundMonitor`
-sums them per logging period into ``sgg/period_*`` scalars (written to ``metrics.json``) and warns, once per
-period, when a whole period had no foreground pair.
+``record_foreground_counts`` keeps the counts of each training batch; :class:`ForegroundMonitor` puts them into
+Detectron2's EventStorage after each step, sums them per logging period into ``sgg/period_*`` scalars (written to
+``metrics.json``) and warns, once per period, when a whole period had no foreground pair.
 """
 import logging
 from typing import List
@@ -13,39 +13,40 @@ from typing import List
 import torch
 
 from detectron2.engine import HookBase
-from detectron2.utils.events import get_event_storage
 
 logger = logging.getLogger(__name__)
 
 FG_PAIRS, IMAGES, IMAGES_WITHOUT_FG = "sgg/fg_pairs", "sgg/images", "sgg/images_without_fg"
-
-
-def _storage_active() -> bool:
-    try:
-        get_event_storage()
-    except AssertionError:  # no trainer (a model called directly, e.g. in tests)
-        return False
-    return True
+_pending = None  # the last batch's foreground pairs per image, int64 [images], on the model's device
 
 
 def record_foreground_counts(pair_targets: List[torch.Tensor]) -> None:
-    """Put this batch's foreground pairs, images and images without a foreground pair into the event storage.
+    """Keep this batch's foreground pairs per image for :func:`flush_foreground_counts`.
 
-    ``pair_targets``: per image the sampled pairs' predicate targets [Si] (0 background, -1 ignored). One device
-    sync for the batch (the metrics writer syncs on the losses anyway). A no-op outside a trainer.
+    ``pair_targets``: per image the sampled pairs' predicate targets [Si] (0 background, -1 ignored). No device
+    sync here: the counts are read after the step, when the metrics writer syncs anyway.
     """
-    if not pair_targets or not _storage_active():
+    global _pending
+    _pending = torch.stack([(t > 0).sum() for t in pair_targets]) if pair_targets else None
+
+
+def flush_foreground_counts(storage) -> None:
+    """Put the recorded batch's foreground pairs, images and images without a foreground pair into ``storage``
+    (an EventStorage) as ``sgg/fg_pairs``, ``sgg/images``, ``sgg/images_without_fg``."""
+    global _pending
+    if _pending is None:
         return
-    fg = torch.stack([(t > 0).sum() for t in pair_targets]).tolist()
-    get_event_storage().put_scalars(
+    fg, _pending = _pending.tolist(), None
+    storage.put_scalars(
         smoothing_hint=False,
         **{FG_PAIRS: sum(fg), IMAGES: len(fg), IMAGES_WITHOUT_FG: sum(1 for c in fg if c == 0)},
     )
 
 
 class ForegroundMonitor(HookBase):
-    """Every ``period`` iterations (and at the last one): ``sgg/period_fg_pairs``, ``sgg/period_images`` and
-    ``sgg/period_images_without_fg`` summed over the iterations since the last report, and a warning when the
+    """After each step, the batch's counts into the storage (``sgg/fg_pairs``, ...); every ``period`` iterations
+    (and at the last one) ``sgg/period_fg_pairs``, ``sgg/period_images`` and ``sgg/period_images_without_fg``
+    summed over the iterations since the last report, and a warning when the
     period had images but no foreground pair. Place it before the writers so they write the period's sums."""
 
     def __init__(self, period: int = 20):
@@ -53,6 +54,7 @@ class ForegroundMonitor(HookBase):
         self._reported_until = -1  # last iteration already summed
 
     def after_step(self):
+        flush_foreground_counts(self.trainer.storage)
         next_iter = self.trainer.iter + 1
         if next_iter % self.period and next_iter != self.trainer.max_iter:
             return
