@@ -44,6 +44,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATE = "vg_scale_state.json"
+PRIORS_FILE = "datasets/vg/kern_priors_vg150.npz"  # the VG-KERN configs' PRIORS_FILE
 KERN_MODES = ("predcls", "sgcls", "sgdet")
 OUTPUT_DIRS = {"detector": "output/vg_detection_R101_FPN", **{m: f"output/vg_kern_{m}" for m in KERN_MODES}}
 CONFIGS = {"detector": "configs/VG-Detection/faster_rcnn_R_101_FPN.yaml",
@@ -274,10 +275,12 @@ class VGScaleRun:
         marker = os.path.join(a.workdir, "datasets", "vg", "standin.json")
         if os.path.isfile(marker):
             with open(marker) as f:
-                if {k: v for k, v in json.load(f).items() if k in wanted} == wanted:
-                    self.say("data: the stand-in is already there")
-                    self._read_dataset_summary()
-                    return
+                there = json.load(f)
+            same = there["rows"] == a.rows and there["test_images"] == a.test_images
+            if same and there["train_images"] >= train_images:
+                self.say("data: the stand-in is already there")
+                self._read_dataset_summary()
+                return
         shutil.rmtree(os.path.join(a.workdir, "datasets", "vg"), ignore_errors=True)
         self.tool("data", "make_vg_standin.py", "--output", "datasets/vg", "--rows", str(a.rows), "--train-images",
                   str(train_images), "--test-images", str(a.test_images), "--summary-json", "standin_summary.json")
@@ -324,8 +327,7 @@ class VGScaleRun:
                 self.state["steps"]["detector_diverged_at_config_lr"] = True
 
     def priors(self):
-        self.tool("priors", "compute_priors.py", "--dataset", "vg150_train", "--output",
-                  "datasets/vg/kern_priors_vg150.npz")
+        self.tool("priors", "compute_priors.py", "--dataset", "vg150_train", "--output", PRIORS_FILE)
 
     def kern(self, mode: str, iters: int):
         # End-of-training evaluation on the small vg150_val, not the whole test split (the eval step does that).
@@ -360,11 +362,14 @@ class VGScaleRun:
         a = self.args
         self.state["redone" if redo else "part1"] = True
         self.data(a.redo_train_images if redo else a.train_images)
-        if redo:
-            self.detector(a.redo_detector_iters)
-            self.priors()
+        if redo:  # only what is missing
+            if not self.done("detector"):
+                self.detector(a.redo_detector_iters)
+            if not os.path.isfile(os.path.join(a.workdir, PRIORS_FILE)):
+                self.priors()
             for mode in ("predcls", "sgcls"):
-                self.kern(mode, a.redo_predcls_iters)
+                if not self.done(mode):
+                    self.kern(mode, a.redo_predcls_iters)
             return
         later = {m: STARTUP_S + MIN_ITERS * self.s_per_iter(m) for m in ("predcls", "sgcls")}
         self.detector(self.fit_iters("detector", a.detector_iters, PRIORS_S + later["predcls"] + later["sgcls"]))
@@ -372,13 +377,14 @@ class VGScaleRun:
         self.kern("predcls", self.fit_iters("predcls", a.kern_iters, later["sgcls"]))
         self.kern("sgcls", self.fit_iters("sgcls", a.kern_iters, 0))
 
+    def done(self, phase: str) -> bool:
+        return os.path.isfile(os.path.join(self.args.workdir, OUTPUT_DIRS[phase], "model_final.pth"))
+
     def part2(self):
         a = self.args
-        ready = os.path.isfile(os.path.join(a.workdir, OUTPUT_DIRS["sgcls"], "model_final.pth")) and os.path.isfile(
-            os.path.join(a.workdir, "datasets", "vg", "kern_priors_vg150.npz"))
         iters = a.kern_iters
-        if not ready:
-            self.say("part 2: part 1's checkpoints are not here (a fresh machine): redoing part 1, small")
+        if not (self.done("sgcls") and os.path.isfile(os.path.join(a.workdir, PRIORS_FILE))):
+            self.say("part 2: part 1's results are not all here (a fresh machine?): redoing what is missing, small")
             self.part1(redo=True)
             iters = a.redo_kern_iters
         self.kern("sgdet", self.fit_iters("sgdet", iters, self.eval_s("overlap") + self.eval_s("all_pairs")))
