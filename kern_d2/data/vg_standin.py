@@ -196,7 +196,7 @@ def generate_vg_standin(
     order = sorted(range(len(tasks)), key=lambda i: -len(tasks[i][3]))
     processes = workers or os.cpu_count() or 1
     if processes > 1:
-        with Pool(processes) as pool:
+        with Pool(processes, initializer=cv2.setNumThreads, initargs=(1,)) as pool:  # parallel by processes
             done = dict(zip(order, pool.map(_generate_chunk, [tasks[i] for i in order], chunksize=1)))
     else:
         done = {i: _generate_chunk(tasks[i]) for i in order}
