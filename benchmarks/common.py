@@ -34,13 +34,13 @@ if ROOT not in sys.path:
 
 import detectron2  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
-from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 import kern_d2.modeling  # noqa: E402,F401  (registers SceneGraphRCNN, KERNROIHeads)
 from kern_d2.config import add_kern_config  # noqa: E402
 from kern_d2.modeling import KnowledgePriors  # noqa: E402
+from kern_d2.modeling.untrained_detector import calibrate_frozen_bn  # noqa: E402
 from kern_d2.structures import Relations  # noqa: E402
 
 GB = 1e9
@@ -320,29 +320,6 @@ def random_priors(num_classes: int, num_predicates: int, seed: int = 0) -> Knowl
     logits = 2.0 * torch.randn(num_classes, num_classes, num_predicates, generator=g)
     logits[..., 0] += 3.0
     return KnowledgePriors(cooccurrence, torch.softmax(logits, dim=-1))
-
-
-@torch.no_grad()
-def calibrate_frozen_bn(model: torch.nn.Module, batch) -> None:
-    """Give every FrozenBatchNorm2d of the backbone the statistics of its input on ``batch`` (one fp32 forward).
-
-    A randomly initialised ResNet with identity FrozenBN statistics amplifies its input at every block (FPN
-    features with std ~2,000), so the RPN's scores saturate and NMS leaves a few dozen proposals instead of
-    POST_NMS_TOPK; with each FrozenBN normalising its input, the random network keeps activations at the scale of
-    a trained one and the detector's proposal and detection counts are those of real use.
-    """
-    def set_statistics(module, inputs):
-        x = inputs[0].float()
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(x.var(dim=(0, 2, 3)))
-
-    handles = [m.register_forward_pre_hook(set_statistics) for m in model.backbone.modules()
-               if isinstance(m, FrozenBatchNorm2d)]
-    try:
-        model.backbone(model.preprocess_image(batch).tensor)
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def build_kern_model(cfg, batch, seed: int = 0) -> torch.nn.Module:

@@ -28,8 +28,21 @@
 #                    3 seeds, 16 runs at once); its report and every run's metrics in $OUT/study.tgz, the
 #                    detector it trained in $OUT/study_detector.pth
 #                    (H200, 2026-12-03: ~8 min with a carried detector: STUDY.md)
+#   vg-scale-1       benchmarks/vg_scale.py --part 1: VG stand-in (108,073-row index, 5,000 train + 2,200
+#                    test JPEGs), VG-Detection R-101-FPN 200 iterations from random init, priors,
+#                    KERN PredCls and SGCls 300 iterations each (at the configs' batches)              ~8 min
+#   vg-scale-2       benchmarks/vg_scale.py --part 2: KERN SGDet 300 iterations, then --eval-only SGDet
+#                    on >= 2,000 test images, overlapping pairs and all pairs; needs part 1's state in
+#                    output/ and datasets/ (the same warm machine), else redoes part 1 small first      ~8 min
+#                    Both parts cut training iterations (not below 50) to stay within VG_SCALE_BUDGET_S
+#                    (default 480 s; set it to the call's limit less the setup)
+#   vg-scale         both parts in one call (more than one call allows at these sizes)
+#   vg-scale-smoke   the same commands at tiny sizes (on the GPU; a check of the path, ~2-3 min)
 # e.g. `union routing step infer loading` ~6 min + setup (within one call); `routing-compile` alone; `tests toy`;
-# `profile` alone. `all` runs every target (~19 min: more than one call allows).
+# `profile` alone; `vg-scale-1` then `vg-scale-2` in the next call, at once (the machine stays warm only briefly).
+# `all` runs every target but the vg-scale ones (~19 min: more than one call allows).
+# vg-scale sizes: VG_SCALE_<SIZE> (e.g. VG_SCALE_DETECTOR_ITERS, VG_SCALE_KERN_ITERS, VG_SCALE_TEST_IMAGES; see
+# benchmarks/vg_scale.py), VG_SCALE_BUDGET_S (skip the evaluations that no longer fit).
 # Environment: STEP_IMAGES_PER_S (loading: images/s per GPU the training step consumes; default 48, the KERN SGDet
 # step on the H100), OUT (output folder; default /tmp/out).
 set -uo pipefail
@@ -61,6 +74,7 @@ toy_training() {
   for task in predcls sgcls sgdet; do
     echo "toy $task:"
     python3 tools/train_net.py --config-file configs/toy/kern_$task.yaml MODEL.DEVICE cuda MODEL.WEIGHTS "" \
+      MODEL.UNTRAINED_DETECTOR allow \
       MODEL.ROI_RELATION_HEAD.PRIORS_FILE /tmp/toy_priors.npz SOLVER.AMP.ENABLED True SOLVER.AMP.PRECISION bfloat16 \
       SOLVER.IMS_PER_BATCH 8 SOLVER.MAX_ITER 5 DATALOADER.NUM_WORKERS 2 OUTPUT_DIR /tmp/step_$task 2>&1 \
       | grep -E "iter: |copypaste|Error|error|Traceback" | tail -6
@@ -103,6 +117,11 @@ for target in "${selected[@]}"; do
       run study python3 tools/run_study.py --dataset synth --device cuda --output /tmp/study ${STUDY_ARGS:---jobs 16}
       tar czf "$out/study.tgz" -C /tmp --exclude='*.pth' --exclude='events.out.*' study
       [ -f /tmp/study/detector/model_final.pth ] && cp /tmp/study/detector/model_final.pth "$out/study_detector.pth" ;;
+    vg-scale-1|vg-scale-2|vg-scale|vg-scale-smoke)
+      part=${target#vg-scale}; part=${part#-}
+      case $part in "") args="--part all" ;; smoke) args="--part all --smoke --workdir /tmp/vg_scale_smoke" ;;
+        *) args="--part $part" ;; esac
+      run "$target" python3 benchmarks/vg_scale.py $args --out "$out" ;;
     profile)
       run profile python3 benchmarks/bench_routing.py --only relation --gates fused --repeats 10 --profile
       run profile python3 benchmarks/bench_train_step.py --device cuda --repeats 5 --profile

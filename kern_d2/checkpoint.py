@@ -180,6 +180,11 @@ class SGGCheckpointer(DetectionCheckpointer):
         self._missing_keys: Optional[List[str]] = None
 
     @property
+    def missing_keys(self) -> Optional[List[str]]:
+        """Model keys that the last load left unset; None when it read no file (MODEL.WEIGHTS empty)."""
+        return self._missing_keys
+
+    @property
     def _is_sgg_model(self) -> bool:
         return isinstance(self.model, SceneGraphRCNN)
 

@@ -73,6 +73,11 @@ def add_kern_config(cfg):
     rel.TDE_INFERENCE = False
     rel.TDE_MOMENTUM = 0.01
 
+    # Training when the detector has no trained weights (MODEL.WEIGHTS empty or without the detector's tensors):
+    # "error" (refuse: a random ResNet with FrozenBN explodes, a frozen random detector finds nothing),
+    # "calibrate" (warn, set the backbone's FrozenBN statistics from the first training batch, train) or "allow".
+    cfg.MODEL.UNTRAINED_DETECTOR = "error"
+
     cfg.DATASETS.SGG = CN()
     # SGDet training drops images without an overlapping gt box pair (published convention).
     cfg.DATASETS.SGG.FILTER_NON_OVERLAP = False

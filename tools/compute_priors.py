@@ -66,6 +66,16 @@ def resolve_dataset_and_output(args):
     return dataset, output
 
 
+def check_not_empty(dataset: str, dataset_dicts) -> None:
+    """ValueError when the dataset has no image or no relation: its priors would be the smoothing alone."""
+    num_relations = sum(len(d.get("relations", [])) for d in dataset_dicts)
+    if not dataset_dicts or not num_relations:
+        raise ValueError(
+            f"dataset {dataset} has {len(dataset_dicts)} images and {num_relations} relations: refusing to write "
+            "priors from no data (check the split and its val carve-out, e.g. $KERN_VG_NUM_VAL for vg150_*)"
+        )
+
+
 def summarize(dataset_dicts, obj_cooccurrence, rel_prior, thing_classes, predicate_classes, top: int = 5) -> str:
     """A few lines: dataset size and the most confident class-pair predicate priors."""
     num_boxes = sum(len(d.get("annotations", [])) for d in dataset_dicts)
@@ -95,6 +105,7 @@ def main(argv=None) -> str:
     start = time.perf_counter()
     dataset_dicts = DatasetCatalog.get(dataset)
     loaded = time.perf_counter()
+    check_not_empty(dataset, dataset_dicts)
     obj_cooccurrence, rel_prior = compute_priors(
         dataset_dicts, len(thing_classes), len(predicate_classes), per_box_pair=args.per_box_pair
     )

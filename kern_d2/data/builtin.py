@@ -5,7 +5,9 @@ Root: ``$KERN_DATASETS`` (default ``datasets``, relative to the working director
 - ``vg150_train``, ``vg150_val``, ``vg150_test`` under ``<root>/vg/``: ``VG-SGG-with-attri.h5`` (the
   Scene-Graph-Benchmark file most users have) if it exists, else ``VG-SGG.h5``; likewise
   ``VG-SGG-dicts-with-attri.json`` / ``VG-SGG-dicts.json``; ``image_data.json``; images in ``VG_100K/``.
-  val = the first 5,000 train-split images.
+  val = the first ``$KERN_VG_NUM_VAL`` train-split images (default 5,000, the published convention; set it lower
+  for a small VG-layout dataset, whose train split would otherwise all become val). Missing image files:
+  ``$KERN_VG_MISSING_IMAGES`` (``error``, the default, ``skip`` or ``ignore``; see :func:`load_vg_sgg`).
 - ``toy_train``, ``toy_val``, ``toy_test`` under ``<root>/toy/`` (``tools/make_toy_dataset.py``), same file names
   as VG (plain variant); val size from the h5's ``num_val_images`` attribute.
 - ``synth_train``, ``synth_val``, ``synth_test`` under ``<root>/synth/`` (``tools/make_synth_dataset.py``, the
@@ -19,8 +21,11 @@ The names are registered even when the files are absent; loading them then fails
 import os
 
 from .gqa import GQA_SPLITS, register_gqa_sgg
+from .image_files import MISSING_IMAGE_POLICIES
 from .oi import OI_SPLITS, register_oi_sgg
-from .vg import SPLITS, register_vg_sgg
+from .vg import NUM_VAL_ENV, SPLITS, register_vg_sgg
+
+MISSING_IMAGES_ENV = "KERN_VG_MISSING_IMAGES"
 
 
 def _first_existing(folder: str, names) -> str:
@@ -65,8 +70,19 @@ def register_gqa200(root: str, prefix: str = "gqa200", **kwargs):
         register_gqa_sgg(f"{prefix}_{split}", root, split, **kwargs)
 
 
+def vg150_settings_from_env(environ=os.environ) -> dict:
+    """``load_vg_sgg`` kwargs of the builtin vg150_* names from ``$KERN_VG_NUM_VAL`` and
+    ``$KERN_VG_MISSING_IMAGES`` (absent: the published convention, 5,000 val images, missing files an error)."""
+    num_val, missing = environ.get(NUM_VAL_ENV, "5000"), environ.get(MISSING_IMAGES_ENV, "error")
+    if not num_val.strip().isdigit():
+        raise ValueError(f"${NUM_VAL_ENV} must be a non-negative integer (the vg150_val size), got {num_val!r}")
+    if missing not in MISSING_IMAGE_POLICIES:
+        raise ValueError(f"${MISSING_IMAGES_ENV} must be one of {MISSING_IMAGE_POLICIES}, got {missing!r}")
+    return {"num_val_images": int(num_val), "missing_images": missing}
+
+
 def register_all_builtin(root: str):
-    register_vg150(os.path.join(root, "vg"))
+    register_vg150(os.path.join(root, "vg"), **vg150_settings_from_env())
     register_toy(os.path.join(root, "toy"))
     register_toy(os.path.join(root, "synth"), prefix="synth")
     register_open_images(os.path.join(root, "oiv6"), "oiv6")

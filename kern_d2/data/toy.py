@@ -87,7 +87,7 @@ def _object_size(rng, name) -> Tuple[int, int]:
     return w, h
 
 
-def _pair_layout(rng, predicate, size_s, size_o) -> Tuple[np.ndarray, np.ndarray]:
+def pair_layout(rng, predicate, size_s, size_o) -> Tuple[np.ndarray, np.ndarray]:
     """Subject and object boxes (XYXY) for the predicate's geometry, in a frame the caller shifts to (0, 0)."""
     (ws, hs), (wo, ho) = size_s, size_o
     layout = CONTACT_RULES[predicate][0] if predicate in CONTACT_RULES else predicate
@@ -139,7 +139,7 @@ def _sample_group(rng):
     names, weights = list(PREDICATE_WEIGHTS), np.array(list(PREDICATE_WEIGHTS.values()))
     predicate = names[rng.choice(len(names), p=weights / weights.sum())]
     subj, obj = _sample_pair(rng, predicate)
-    box_s, box_o = _pair_layout(rng, predicate, _object_size(rng, subj), _object_size(rng, obj))
+    box_s, box_o = pair_layout(rng, predicate, _object_size(rng, subj), _object_size(rng, obj))
     boxes = np.stack([box_s, box_o]).astype(np.float64)
     boxes -= np.tile(boxes[:, :2].min(axis=0), 2)  # layouts may use negative offsets
     rels = [[0, 1, PREDICATES.index(predicate) + 1]]
@@ -148,7 +148,7 @@ def _sample_group(rng):
     return [subj, obj], boxes, np.array(rels, dtype=np.int64)
 
 
-def _place(rng, size_wh, occupied: List[np.ndarray], width, height, margin=6, tries=40):
+def place_group(rng, size_wh, occupied: List[np.ndarray], width, height, margin=6, tries=40):
     """Top-left corner for a group of size ``size_wh`` that keeps ``margin`` px from the occupied boxes."""
     gw, gh = size_wh
     if gw + 4 > width or gh + 4 > height:
@@ -183,7 +183,7 @@ def generate_toy_image(rng: np.random.Generator) -> ToyImage:
             w, h = _object_size(rng, name)
             group_names, group_boxes, group_rels = [name], np.array([[0, 0, w, h]], float), np.zeros((0, 3), int)
         size = group_boxes[:, 2:].max(axis=0)
-        corner = _place(rng, size, occupied, width, height)
+        corner = place_group(rng, size, occupied, width, height)
         if corner is None:
             continue
         offset = np.array([corner[0], corner[1]] * 2, dtype=np.float64)

@@ -41,6 +41,8 @@ from .vg_format import (
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+# Read by kern_d2.data.builtin: the val size of the builtin vg150_* names (named in the empty-split error).
+NUM_VAL_ENV = "KERN_VG_NUM_VAL"
 
 
 def _require_file(path: str, what: str):
@@ -244,19 +246,45 @@ def validate_vg_h5(data: dict, h5_file: str, image_ids: np.ndarray, num_classes:
         )
 
 
+def _usable_rows_mask(data: dict, split: str, filter_empty_rels: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """([rows] bool in the h5 split of ``split``, [rows] bool of those that are usable: with boxes and, with
+    ``filter_empty_rels``, with relations)."""
+    in_split = data["split"] == (SPLIT_TEST if split == "test" else SPLIT_TRAIN)
+    mask = in_split & (data["img_to_first_box"] >= 0)
+    if filter_empty_rels:
+        mask &= data["img_to_first_rel"] >= 0
+    return in_split, mask
+
+
+def _empty_split_message(data, split, num_val_images, filter_empty_rels, source, selected, dataset_name) -> str:
+    """Why a split has no image: the usable counts of the h5's splits, the val carve-out and the filters."""
+    usable_train = int(_usable_rows_mask(data, "train", filter_empty_rels)[1].sum())
+    usable_test = int(_usable_rows_mask(data, "test", filter_empty_rels)[1].sum())
+    name = f"dataset {dataset_name} ({source})" if dataset_name else source
+    usable = "with boxes" + (" and relations" if filter_empty_rels else "")
+    message = (
+        f"{name} has no images. The h5 has {usable_train} usable train-split images ({usable}) and {usable_test} "
+        f"usable test-split images; val is the first num_val_images={num_val_images} train-split images, train the "
+        f"rest ({max(usable_train - num_val_images, 0)})."
+    )
+    if selected:
+        message += (f" The split's {selected} rows were all dropped by the filters (non-overlapping pairs, "
+                    "degenerate boxes) or because their image files are missing (see the log above).")
+    elif split == "train" and usable_train:
+        message += (" All of the train split became val: set a smaller val size (num_val_images=...; for the builtin "
+                    f"vg150_* names the environment variable {NUM_VAL_ENV}, e.g. {NUM_VAL_ENV}="
+                    f"{min(5000, usable_train // 10)}).")
+    return message
+
+
 def _split_rows(
     data: dict, split: str, num_val_images: int, filter_empty_rels: bool, source: str
 ) -> np.ndarray:
     """h5 rows of the split, in file order. Rows without boxes (and, with ``filter_empty_rels``, without relations)
     are left out, counted and logged with ``source``."""
-    flag = SPLIT_TEST if split == "test" else SPLIT_TRAIN
-    in_split = data["split"] == flag
-    mask = in_split & (data["img_to_first_box"] >= 0)
-    without_boxes = int((in_split & ~mask).sum())
-    without_relations = 0
-    if filter_empty_rels:
-        without_relations = int((mask & (data["img_to_first_rel"] < 0)).sum())
-        mask &= data["img_to_first_rel"] >= 0
+    in_split, mask = _usable_rows_mask(data, split, filter_empty_rels)
+    without_boxes = int((in_split & (data["img_to_first_box"] < 0)).sum())
+    without_relations = int((in_split & ~mask).sum()) - without_boxes
     if without_boxes or without_relations:
         part = "test" if split == "test" else "train (val included)"
         logger.info(f"{source}: left out {without_boxes} images without boxes and {without_relations} images "
@@ -302,6 +330,7 @@ def load_vg_sgg(
     filter_empty_rels: bool = True,
     filter_non_overlap: bool = False,
     missing_images: str = "error",
+    dataset_name: Optional[str] = None,
 ) -> List[dict]:
     """Detectron2 dataset dicts (plus ``relations`` int64 [R,3]) of one VG150 split.
 
@@ -312,6 +341,9 @@ def load_vg_sgg(
         filter_empty_rels: drop images without relations.
         filter_non_overlap: keep only relations between intersecting boxes and images that still have one.
         missing_images: "error" | "skip" | "ignore" (see the module docstring).
+        dataset_name: the registered name, for messages.
+
+    Raises DatasetFormatError when no image is left, naming the split, the image counts and the val size.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -337,6 +369,10 @@ def load_vg_sgg(
         logger=logger,
     )
     arrays = keep_images(arrays, check_image_files(arrays.file_names, missing_images, source, logger))
+    if not arrays.num_images:
+        raise DatasetFormatError(
+            _empty_split_message(data, split, num_val_images, filter_empty_rels, source, len(rows), dataset_name)
+        )
     logger.info(
         f"Loaded {arrays.num_images} images, {len(arrays.boxes)} boxes, {len(arrays.relations)} relations "
         f"from {source}"
@@ -361,7 +397,8 @@ def register_vg_sgg(
     priors_file = kwargs.pop("priors_file", None)
     register_sgg_dataset(
         name,
-        load=lambda: load_vg_sgg(h5_file, dicts_file, image_data_file, image_root, split, **kwargs),
+        load=lambda: load_vg_sgg(h5_file, dicts_file, image_data_file, image_root, split, dataset_name=name,
+                                 **kwargs),
         read_classes=lambda: read_vg_classes(dicts_file),
         classes_file=dicts_file,
         metadata=dict(

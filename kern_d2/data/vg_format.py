@@ -151,6 +151,45 @@ def write_image_data(image_data_file: str, image_ids, widths, heights, url_prefi
         json.dump(entries, f)
 
 
+def write_vg_dataset(
+    output_dir: str,
+    *,
+    split: np.ndarray,
+    image_ids: np.ndarray,
+    widths: np.ndarray,
+    heights: np.ndarray,
+    box_counts: np.ndarray,
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    rel_counts: np.ndarray,
+    relations: np.ndarray,
+    thing_classes: Sequence[str],
+    predicate_names: Sequence[str],
+    extra_image_ids: Sequence[int] = (),
+    h5_attrs: Dict[str, object] = None,
+):
+    """Write ``VG-SGG.h5``, ``VG-SGG-dicts.json`` (with class and predicate counts) and ``image_data.json`` of N
+    images in ``output_dir``.
+
+    boxes: [B, 4] XYXY at true size (stored at the 1024 scale). classes: [B] 0-based. relations: [R, 3] local
+    (subject, object, predicate 1..P-1). extra_image_ids: ids listed in image_data.json but not in the h5 (VG's
+    corrupt images), inserted at their sorted places among ``image_ids`` (800 x 600).
+    """
+    box_counts = np.asarray(box_counts, dtype=np.int64)
+    scale = np.repeat(np.maximum(widths, heights) / float(BOX_SCALE), box_counts)
+    write_vg_h5(os.path.join(output_dir, "VG-SGG.h5"), split=split, box_counts=box_counts,
+                boxes_1024=xyxy_to_boxes_1024(boxes, scale), labels=np.asarray(classes) + 1, rel_counts=rel_counts,
+                relations=relations, attrs=h5_attrs)
+    write_vg_dicts(
+        os.path.join(output_dir, "VG-SGG-dicts.json"), thing_classes, predicate_names,
+        object_counts=np.bincount(classes, minlength=len(thing_classes)),
+        predicate_counts=np.bincount(np.asarray(relations)[:, 2], minlength=len(predicate_names) + 1)[1:],
+    )
+    positions = np.searchsorted(image_ids, extra_image_ids)
+    write_image_data(os.path.join(output_dir, "image_data.json"), np.insert(image_ids, positions, extra_image_ids),
+                     np.insert(widths, positions, 800), np.insert(heights, positions, 600))
+
+
 def write_generated_image(output_dir: str, image_id: int, pixels: np.ndarray) -> None:
     """``output_dir/VG_100K/<image_id>.jpg`` (JPEG quality 92)."""
     image_dir = os.path.join(output_dir, "VG_100K")
@@ -160,11 +199,10 @@ def write_generated_image(output_dir: str, image_id: int, pixels: np.ndarray) ->
 
 def write_generated_dataset(
     output_dir: str, images: Sequence, num_train: int, num_val: int, thing_classes: Sequence[str],
-    predicate_names: Sequence[str],
-    write_images: bool = True,
+    predicate_names: Sequence[str], write_images: bool = True,
 ):
-    """Write generated images as a VG-format dataset: ``VG-SGG.h5``, ``VG-SGG-dicts.json``, ``image_data.json`` and
-    ``VG_100K/<id>.jpg`` (ids 1..N) in ``output_dir``.
+    """Write generated images (toy, synth) as a VG-format dataset with ids 1..N: :func:`write_vg_dataset` plus
+    ``VG_100K/<id>.jpg``.
 
     ``images``: the first ``num_train`` are the train split (of which the first ``num_val`` are val, stored as the
     h5 attribute ``num_val_images``), the rest test. Each has ``width``, ``height``, ``boxes`` [n,4] XYXY,
@@ -175,27 +213,18 @@ def write_generated_dataset(
     if write_images:
         for image_id, image in zip(image_ids, images):
             write_generated_image(output_dir, int(image_id), image.pixels)
-    widths = np.array([im.width for im in images])
-    heights = np.array([im.height for im in images])
-    box_counts = np.array([len(im.boxes) for im in images])
-    scale = np.repeat(np.maximum(widths, heights) / float(BOX_SCALE), box_counts)
-    classes = np.concatenate([im.classes for im in images])
-    relations = np.concatenate([np.asarray(im.relations).reshape(-1, 3) for im in images])
-    write_vg_h5(
-        os.path.join(output_dir, "VG-SGG.h5"),
+    write_vg_dataset(
+        output_dir,
         split=np.array([SPLIT_TRAIN] * num_train + [SPLIT_TEST] * (len(images) - num_train)),
-        box_counts=box_counts,
-        boxes_1024=xyxy_to_boxes_1024(np.concatenate([im.boxes for im in images]), scale),
-        labels=classes + 1,
+        image_ids=image_ids,
+        widths=np.array([im.width for im in images]),
+        heights=np.array([im.height for im in images]),
+        box_counts=np.array([len(im.boxes) for im in images]),
+        boxes=np.concatenate([im.boxes for im in images]),
+        classes=np.concatenate([im.classes for im in images]),
         rel_counts=np.array([len(im.relations) for im in images]),
-        relations=relations,
-        attrs={"num_val_images": num_val},
+        relations=np.concatenate([np.asarray(im.relations).reshape(-1, 3) for im in images]),
+        thing_classes=thing_classes,
+        predicate_names=predicate_names,
+        h5_attrs={"num_val_images": num_val},
     )
-    write_vg_dicts(
-        os.path.join(output_dir, "VG-SGG-dicts.json"),
-        thing_classes,
-        predicate_names,
-        object_counts=np.bincount(classes, minlength=len(thing_classes)),
-        predicate_counts=np.bincount(relations[:, 2], minlength=len(predicate_names) + 1)[1:],
-    )
-    write_image_data(os.path.join(output_dir, "image_data.json"), image_ids, widths, heights)

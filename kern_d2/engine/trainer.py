@@ -29,6 +29,14 @@ from kern_d2.config import add_kern_config
 from kern_d2.data import SGGDatasetMapper, filter_images_without_overlapping_pairs
 from kern_d2.evaluation import SceneGraphEvaluator
 from kern_d2.solver import build_sgg_optimizer
+from kern_d2.modeling.untrained_detector import (
+    UNTRAINED_DETECTOR_POLICIES,
+    average_frozen_bn_statistics,
+    calibrate_frozen_bn,
+    frozen_bn_without_statistics,
+    untrained_frozen_detector_parts,
+)
+from kern_d2.utils.foreground_monitor import ForegroundMonitor
 
 logger = logging.getLogger("kern_d2")
 
@@ -40,6 +48,9 @@ def is_sgg_model(cfg) -> bool:
 def check_training_config(cfg) -> None:
     """ValueError, naming the keys, for a config that cannot be trained: AMP without a GPU, the FREQ head
     (nothing to learn), or a best-model metric the evaluator does not report."""
+    if cfg.MODEL.UNTRAINED_DETECTOR not in UNTRAINED_DETECTOR_POLICIES:
+        raise ValueError(f"MODEL.UNTRAINED_DETECTOR must be one of {UNTRAINED_DETECTOR_POLICIES}, got "
+                         f"{cfg.MODEL.UNTRAINED_DETECTOR!r}")
     if cfg.SOLVER.AMP.ENABLED:
         amp_precision(cfg)
         if cfg.MODEL.DEVICE == "cpu":
@@ -91,6 +102,29 @@ class SGGTrainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        self.handle_untrained_detector()
+
+    def handle_untrained_detector(self) -> None:
+        """Apply ``MODEL.UNTRAINED_DETECTOR`` when the weights just loaded leave the detector untrained (see
+        :func:`untrained_detector_message`)."""
+        model, missing = self.checkpointer.model, self.checkpointer.missing_keys
+        frozen_bn = frozen_bn_without_statistics(model, missing)
+        frozen_parts = untrained_frozen_detector_parts(model, missing)
+        if not frozen_bn and not frozen_parts:
+            return
+        policy = self.cfg.MODEL.UNTRAINED_DETECTOR
+        message = untrained_detector_message(self.cfg.MODEL.WEIGHTS, len(frozen_bn), frozen_parts)
+        if policy == "error":
+            raise ValueError(message)
+        logger.warning(f"{message} Going on: MODEL.UNTRAINED_DETECTOR is {policy!r}.")
+        if policy == "calibrate" and frozen_bn:
+            # One batch of the training stream (consumed, like any other step's).
+            count = calibrate_frozen_bn(model, next(self._trainer._data_loader_iter), frozen_bn)
+            average_frozen_bn_statistics(model)
+            logger.info(f"Calibrated {count} FrozenBatchNorm2d layers of the backbone on one training batch.")
+
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_sgg_optimizer(cfg, model)
@@ -119,6 +153,10 @@ class SGGTrainer(DefaultTrainer):
 
     def build_hooks(self):
         hook_list = super().build_hooks()
+        if is_sgg_model(self.cfg) and comm.is_main_process():
+            # Before the writers (main process only), with their period, so that they write the period's counts.
+            writer = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter))
+            hook_list.insert(writer, ForegroundMonitor(hook_list[writer]._period))
         if is_sgg_model(self.cfg) and self.cfg.TEST.SGG.BEST_METRIC and self.cfg.TEST.EVAL_PERIOD > 0:
             # After EvalHook (which puts the metrics in storage) and before the writers.
             position = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook)) + 1
@@ -135,6 +173,28 @@ class BestModelCheckpointer(SGGCheckpointer):
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         pass
+
+
+def untrained_detector_message(weights: str, num_frozen_bn: int, frozen_parts: dict) -> str:
+    """Why training from these weights is refused, and the ways out."""
+    source = f"MODEL.WEIGHTS {weights!r}" if weights else "MODEL.WEIGHTS is empty and"
+    reasons = []
+    if num_frozen_bn:
+        reasons.append(
+            f"{num_frozen_bn} FrozenBatchNorm2d layers of the backbone keep identity statistics, so a randomly "
+            "initialised ResNet's activations explode (standard deviation ~1e6 at res4 of R-101, losses of 1e5 "
+            "and more)"
+        )
+    if frozen_parts:
+        parts = ", ".join(f"{p.rstrip('.')} ({n} tensors)" for p, n in frozen_parts.items())
+        reasons.append(f"the detector, frozen by MODEL.ROI_RELATION_HEAD.FREEZE_DETECTOR, has no trained weights "
+                       f"for {parts}, so its boxes and features stay random")
+    return (
+        f"{source} gives the detector no trained weights: " + "; ".join(reasons) + ". Train from a trained detector "
+        "(KERN: the VG detector's model_final.pth; detector pretraining: Detectron2's ImageNet R-101), or set "
+        "MODEL.UNTRAINED_DETECTOR 'calibrate' (FrozenBN statistics from the first training batch) or 'allow' "
+        "(as is)."
+    )
 
 
 def best_metric_key(cfg) -> str:

@@ -16,6 +16,7 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from kern_d2.data.registration import check_classes_match_config
 from kern_d2.layers import PairUnionPooler
 from kern_d2.structures import SceneGraphInstances, set_relation_predictions
+from kern_d2.utils.foreground_monitor import record_foreground_counts
 
 from .detections import top_candidate_detections
 from .long_tail import LongTailSwitches
@@ -287,6 +288,7 @@ class KERNROIHeads(StandardROIHeads):
             prior_labels.append(labels)
             object_targets.append(obj_target)
 
+        record_foreground_counts(pair_target_list)  # an all-background run must not pass silently
         rel_logits = self._relation_logits(features, boxes, pair_list, obj_feats.split(sizes), prior_labels)
         rel_logits, rel_weight = self.long_tail.training_loss_inputs(rel_logits, self.priors)
         rel_loss = _mean_cross_entropy(rel_logits, torch.cat(pair_target_list), rel_weight)
