@@ -25,13 +25,13 @@ What a model can and cannot know from the pixels, by construction:
 Deterministic: everything is drawn from one ``numpy.random.Generator`` seeded by ``seed``.
 """
 import itertools
-import multiprocessing
 import os
-import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from kern_d2.utils.jobs import process_pool
 
 from .shapes import draw_shape, jitter_colour, noisy_background
 from .vg_format import write_generated_dataset, write_generated_image
@@ -332,7 +332,7 @@ def generate_synth_images(
     tasks += [(output_dir, seed, "test", i, num_train + i + 1) for i in range(num_test)]
     if workers <= 1:
         return [_generate_and_write(t) for t in tasks]
-    with multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork").Pool(workers) as pool:
+    with process_pool(workers) as pool:
         return pool.map(_generate_and_write, tasks, chunksize=32)
 
 

@@ -21,11 +21,12 @@ Rows are generated in chunks, each from its own seed, in parallel processes; the
 """
 import colorsys
 import os
-from multiprocessing import Pool
 from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
+
+from kern_d2.utils.jobs import process_pool
 
 from .shapes import SHAPES, draw_shape, jitter_colour, noisy_background
 from .toy import pair_layout, place_group
@@ -197,7 +198,7 @@ def generate_vg_standin(
     order = sorted(range(len(tasks)), key=lambda i: -len(tasks[i][3]))
     processes = workers or os.cpu_count() or 1
     if processes > 1:
-        with Pool(processes, initializer=cv2.setNumThreads, initargs=(1,)) as pool:  # parallel by processes
+        with process_pool(processes) as pool:
             done = dict(zip(order, pool.map(_generate_chunk, [tasks[i] for i in order], chunksize=1)))
     else:
         done = {i: _generate_chunk(tasks[i]) for i in order}
