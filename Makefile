@@ -6,9 +6,9 @@ PY := .venv/bin/python
 install:
 	bash scripts/install.sh
 
-# The main job: toy dataset -> toy detector -> priors -> KERN PredCls -> evaluate KERN, FREQ, VRFC -> pictures.
+# The main job: synth benchmark -> detector -> priors -> KERN, VRFC, FREQ in PredCls and SGCls -> table, pictures.
 demo: install
-	$(PY) tools/run_toy_pipeline.py
+	$(PY) tools/run_demo.py
 
 # The test suite (CPU).
 test: install

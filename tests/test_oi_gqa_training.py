@@ -45,7 +45,8 @@ def test_trainer_and_evaluator_run_on_each_layout(tmp_path, layout):
     output_dir = str(tmp_path / "output")
     cfg = toy_kern_cfg(toy, "predcls", "kern", **{
         "DATASETS.TEST": (f"{prefix}_val",), "SOLVER.MAX_ITER": 3, "SOLVER.IMS_PER_BATCH": 2,
-        "SOLVER.WARMUP_ITERS": 1, "DATALOADER.NUM_WORKERS": 0, "OUTPUT_DIR": output_dir})
+        "SOLVER.WARMUP_ITERS": 1, "DATALOADER.NUM_WORKERS": 0, "OUTPUT_DIR": output_dir,
+        "MODEL.UNTRAINED_DETECTOR": "allow"})  # a random toy detector: the layouts are under test, not the model
     trainer = SGGTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()

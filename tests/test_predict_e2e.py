@@ -144,7 +144,7 @@ def test_predict_predcls_with_given_boxes_and_labels(toy_tools, toy_splits):
 
 
 def test_predict_on_a_registered_dataset_uses_its_gt_boxes(toy_tools, toy_splits):
-    # In this process (the dataset is registered here under a private name), as tools/run_toy_pipeline.py runs it.
+    # In this process (the dataset is registered here under a private name), as tools/run_demo.py runs it.
     spec = importlib.util.spec_from_file_location("tools_predict_e2e", os.path.join(ROOT, "tools", "predict.py"))
     predict = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(predict)

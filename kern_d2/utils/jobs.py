@@ -1,7 +1,7 @@
 """Run tools as subprocesses, several at once, with reuse of finished runs and a progress line with an ETA.
 
-Used by ``tools/run_study.py`` (many trainings, some in parallel) and ``tools/run_toy_pipeline.py`` (one after the
-other). A job is done when its ``done_file`` exists and its ``marker`` (a JSON written after a successful run)
+Used by ``tools/run_study.py`` (many trainings, some in parallel), which ``tools/run_demo.py`` runs on CPU. A job
+is done when its ``done_file`` exists and its ``marker`` (a JSON written after a successful run)
 records the same command: a finished run is reused, one made with other settings is redone.
 """
 import json
