@@ -9,6 +9,8 @@ from detectron2.config import CfgNode as CN
 from kern_d2.evaluation.study import (
     aggregate,
     compare,
+    frequency_groups,
+    group_recalls,
     make_claims,
     markdown_report,
     plan_runs,
@@ -121,7 +123,8 @@ def test_markdown_report_tables_and_claims():
 def test_write_report_writes_json_markdown_and_plots(tmp_path):
     train_counts = {"on": 300, "near": 12}
     payload_out = write_report(str(tmp_path), small_results(), {"device": "CPU", "git commit": "abc"}, train_counts)
-    for name in ("study.md", "mR50.png", "per_predicate_predcls.png", "per_predicate_sgcls.png"):
+    for name in ("study.md", "mR50.png", "per_predicate_predcls.png", "per_predicate_sgcls.png",
+                 "tradeoff_predcls.png"):
         path = tmp_path / name
         assert path.stat().st_size > 0, name
     for name in ("mR50.png", "per_predicate_predcls.png"):
@@ -188,3 +191,22 @@ def test_scaled_schedule():
     assert scaled_schedule(solver, 1)[3] == "()"
     with pytest.raises(ValueError):
         scaled_schedule(solver, 0)
+
+
+def test_frequency_groups_cut_the_train_order_in_thirds():
+    counts = {"a": 70, "b": 60, "c": 50, "d": 40, "e": 30, "f": 20, "g": 10}
+    assert frequency_groups(counts, list("gfedcba")) == {"head": ["a", "b", "c"], "body": ["d", "e"],
+                                                         "tail": ["f", "g"]}
+    assert frequency_groups({"x": 5}, ["y", "x", "z"]) == {"head": ["x"], "body": ["y"], "tail": ["z"]}
+
+
+def test_group_recalls_average_predicates_per_seed_then_seeds():
+    runs = {seed: payload({"R@50": 1.0}, {"p1": (r1, 5), "p2": (r2, 5), "p3": (r3, 5)})
+            for seed, (r1, r2, r3) in enumerate([(90.0, 40.0, 10.0), (70.0, 60.0, 30.0)])}
+    study = aggregate({"predcls": {"kern": runs}}, metrics=("R@50",))
+    groups = group_recalls(study, {"p1": 30, "p2": 20, "p3": 10})["predcls"]["kern"]
+    # one predicate per third: head p1 (90, 70), body p2 (40, 60), tail p3 (10, 30)
+    assert groups["head"]["values"] == [90.0, 70.0] and groups["head"]["mean"] == 80.0
+    assert groups["tail"]["mean"] == 20.0 and groups["tail"]["std"] == pytest.approx(math.sqrt(200))
+    assert "## Head, body and tail" in markdown_report(study, [], {}, metrics=("R@50",),
+                                                       groups={"predcls": {"kern": groups}})

@@ -209,6 +209,31 @@ def make_claims(study: dict, metric: str = CLAIM_METRIC, baselines: Sequence[str
     return claims
 
 
+def frequency_groups(train_counts: Dict[str, int], names: Sequence[str]) -> Dict[str, List[str]]:
+    """{"head", "body", "tail"}: ``names`` sorted by train frequency (most first, ties by name) and cut into
+    thirds (the head and body take the remainder: 7 names -> 3, 2, 2)."""
+    ordered = sorted(names, key=lambda name: (-train_counts.get(name, 0), name))
+    n = len(ordered)
+    head, body = -(-n // 3), -(-(n - -(-n // 3)) // 2)
+    return {"head": ordered[:head], "body": ordered[head:head + body], "tail": ordered[head + body:]}
+
+
+def group_recalls(study: dict, train_counts: Dict[str, int]) -> dict:
+    """{mode: {model: {group: summary}}}: per seed, the mean per-predicate R@50 over the head, body and tail
+    predicates (:func:`frequency_groups` of the predicates in the test gt), summarized over seeds."""
+    out = {}
+    for mode, by_model in study.items():
+        out[mode] = {}
+        for model, summary in by_model.items():
+            rows = summary["per_predicate"]
+            groups = frequency_groups(train_counts, list(rows))
+            out[mode][model] = {
+                group: summarize(np.nanmean([rows[name]["values"] for name in names], axis=0))
+                for group, names in groups.items() if names
+            }
+    return out
+
+
 def _mean_std(summary: dict, digits: int = 2) -> str:
     if math.isnan(summary["mean"]):
         return "n/a"
@@ -220,7 +245,7 @@ def _number(value: float) -> str:
 
 
 def markdown_report(study: dict, claims: list, header: Dict[str, str], failed: Sequence[str] = (),
-                    metrics: Sequence[str] = STUDY_METRICS) -> str:
+                    metrics: Sequence[str] = STUDY_METRICS, groups: Optional[dict] = None) -> str:
     """study.md: the header lines, a table of mean ± std per mode (sample std over seeds), the claims, and the
     failed jobs."""
     lines = ["# KERN study", ""] + [f"- {key}: {value}" for key, value in header.items()] + [""]
@@ -230,6 +255,16 @@ def markdown_report(study: dict, claims: list, header: Dict[str, str], failed: S
         rows = [[model, next(iter(s["metrics"].values()))["n"]] + [_mean_std(s["metrics"][m]) for m in metrics]
                 for model, s in by_model.items()]
         lines += [tabulate(rows, headers=["model", "n"] + list(metrics), tablefmt="pipe", stralign="right"), ""]
+    if groups:
+        lines += ["## Head, body and tail", "",
+                  f"Mean per-predicate {PER_PREDICATE_METRIC} over the predicates in each third of the train "
+                  "frequency order, mean ± sample std over seeds.", ""]
+        for mode, by_model in groups.items():
+            rows = [[MODE_TITLES.get(mode, mode), model] + [_mean_std(g[k]) if k in g else "n/a"
+                                                           for k in ("head", "body", "tail")]
+                    for model, g in by_model.items()]
+            lines += [tabulate(rows, headers=["mode", "model", "head", "body", "tail"], tablefmt="pipe",
+                               stralign="right"), ""]
     lines += ["## Claims", "",
               "KERN against a baseline on mR@50. pooled std = sqrt((s1² + s2²) / 2). A claim is made only when "
               "the gap is more than 2 pooled std and no two seeds of either model differ by more than the gap.", ""]
@@ -293,18 +328,35 @@ def plot_per_predicate_comparison(path: str, by_model: dict, train_counts: Optio
     save_figure(figure, path)
 
 
+def plot_tradeoff(path: str, by_model: dict, title: str, x: str = "R@50", y: str = "mR@50"):
+    """One point per model: ``x`` against ``y`` (means, sample-std error bars in both directions)."""
+    figure = new_figure(5.5, 4.5)
+    axes = figure.add_subplot(1, 1, 1)
+    for model, summary in by_model.items():
+        sx, sy = summary["metrics"][x], summary["metrics"][y]
+        axes.errorbar(sx["mean"], sy["mean"], xerr=sx["std"], yerr=sy["std"], fmt="o", capsize=3, label=model)
+    axes.set_xlabel(f"{x} (%)")
+    axes.set_ylabel(f"{y} (%)")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=7)
+    save_figure(figure, path)
+
+
 def write_report(output_dir: str, results: Dict[str, Dict[str, List[dict]]], header: Dict[str, str],
                  train_counts: Optional[Dict[str, int]] = None, failed: Sequence[str] = (),
                  extra: Optional[dict] = None) -> dict:
-    """Aggregate ``results`` (as :func:`aggregate`) and write study.json, study.md, mR50.png and
-    per_predicate_<mode>.png into ``output_dir``; the study.json payload."""
+    """Aggregate ``results`` (as :func:`aggregate`) and write study.json, study.md, mR50.png,
+    per_predicate_<mode>.png and tradeoff_<mode>.png (R@50 against mR@50) into ``output_dir``; with
+    ``train_counts`` also the head/body/tail split (:func:`group_recalls`). Returns the study.json payload."""
     study = aggregate(results)
     claims = make_claims(study)
+    groups = group_recalls(study, train_counts) if train_counts else None
     payload = dict({key.replace(" ", "_"): value for key, value in header.items()}, **(extra or {}))
-    payload.update(modes=study, claims=claims, train_predicate_counts=train_counts, failed=list(failed))
+    payload.update(modes=study, claims=claims, train_predicate_counts=train_counts, failed=list(failed),
+                   head_body_tail=groups)
     write_json(os.path.join(output_dir, "study.json"), payload)
     with open(os.path.join(output_dir, "study.md"), "w") as f:
-        f.write(markdown_report(study, claims, header, failed))
+        f.write(markdown_report(study, claims, header, failed, groups=groups))
     if study:
         plot_metric_by_model(os.path.join(output_dir, "mR50.png"), study)
     for mode, by_model in study.items():
@@ -313,4 +365,6 @@ def write_report(output_dir: str, results: Dict[str, Dict[str, List[dict]]], hea
                 os.path.join(output_dir, f"per_predicate_{mode}.png"), by_model, train_counts,
                 f"{MODE_TITLES.get(mode, mode)}: per-predicate {PER_PREDICATE_METRIC}, by train frequency "
                 "(mean ± std over seeds)")
+        plot_tradeoff(os.path.join(output_dir, f"tradeoff_{mode}.png"), by_model,
+                      f"{MODE_TITLES.get(mode, mode)}: R@50 against mR@50 (mean ± std over seeds)")
     return payload
