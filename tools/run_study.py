@@ -119,8 +119,9 @@ def train_predicate_counts(dataset_name):
 
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
+    dicts = DatasetCatalog.get(dataset_name)  # loading sets the class names (the files may be newer than the import)
     names = MetadataCatalog.get(dataset_name).predicate_classes
-    counts = Counter(int(p) for d in DatasetCatalog.get(dataset_name) for p in d["relations"][:, 2])
+    counts = Counter(int(p) for d in dicts for p in d["relations"][:, 2])
     return {names[p]: counts.get(p, 0) for p in range(1, len(names))}
 
 
