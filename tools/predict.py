@@ -3,8 +3,10 @@
 
     python tools/predict.py --config-file configs/VG-KERN/kern_sgdet.yaml --input photos/ --output out/ \\
         --opts MODEL.WEIGHTS output/model_final.pth
-    python tools/predict.py --config-file configs/toy/kern_predcls.yaml --dataset toy_test --num-images 6 \\
-        --output out/ --opts MODEL.WEIGHTS output/toy/kern_predcls/model_final.pth
+    KERN_DATASETS=output/demo/datasets python tools/predict.py --config-file configs/synth/Base-Synth-KERN.yaml \\
+        --dataset synth_test --num-images 6 --output out/ --opts \\
+        MODEL.WEIGHTS output/demo/study/predcls/kern_seed0/model_final.pth \\
+        MODEL.ROI_RELATION_HEAD.PRIORS_FILE output/demo/study/priors.npz
 
 A command line over :class:`kern_d2.engine.SceneGraphPredictor`. Config overrides follow ``--opts`` (or end the
 command as in Detectron2's tools, after any option but ``--input``). ``--input`` takes folders (their image files,

@@ -22,7 +22,7 @@ MODES = ("predcls", "sgcls")
 MODELS = ("kern", "vrfc", "freq")
 # The short CPU schedule and sizes of the demo (the GPU study, STUDY.md: 1,500 + 800 iterations, 320 px, 128 pairs
 # per image, 500 test images); the test split is the benchmark's first 250 test images.
-DETECTOR_ITERS, KERN_ITERS, TEST_IMAGES = 250, 250, 250
+DETECTOR_ITERS, KERN_ITERS, TEST_IMAGES = 200, 200, 250
 SMALL_IMAGES = ["INPUT.MIN_SIZE_TEST", "224", "INPUT.MAX_SIZE_TEST", "352", "INPUT.MIN_SIZE_TRAIN", "(224,)",
                 "INPUT.MAX_SIZE_TRAIN", "352", "SOLVER.IMS_PER_BATCH", "8",
                 "MODEL.ROI_RELATION_HEAD.BATCH_SIZE_PER_IMAGE", "64"]
