@@ -26,23 +26,28 @@
 #   profile          routing (relation, fused gate) + step + infer (chunk 4096) with --profile         ~4 min
 #   study            tools/run_study.py on the synth benchmark ($STUDY_ARGS, default: all modes, models and
 #                    3 seeds, 16 runs at once); its report and every run's metrics in $OUT/study.tgz, the
-#                    detector it trained in $OUT/study_detector.pth
-#                    (H200, 2026-12-03: ~8 min with a carried detector: STUDY.md)
-#   vg-scale-1       benchmarks/vg_scale.py --part 1: VG stand-in (108,073-row index, 5,000 train + 2,200
-#                    test JPEGs), VG-Detection R-101-FPN 200 iterations from random init, priors,
-#                    KERN PredCls and SGCls 300 iterations each (at the configs' batches)              ~8 min
-#   vg-scale-2       benchmarks/vg_scale.py --part 2: KERN SGDet 300 iterations, then --eval-only SGDet
-#                    on >= 2,000 test images, overlapping pairs and all pairs; needs part 1's state in
-#                    output/ and datasets/ (the same warm machine), else redoes part 1 small first      ~8 min
-#                    Both parts cut training iterations (not below 50) to stay within VG_SCALE_BUDGET_S
-#                    (default 480 s; set it to the call's limit less the setup)
-#   vg-scale         both parts in one call (more than one call allows at these sizes)
+#                    detector it trained in $OUT/study_detector.pth. H200, 2026-12-03 (STUDY.md): PredCls +
+#                    SGCls, 15 runs, 5.6 min; SGDet, 13 runs at once, 8 min of runs with a carried detector
+#                    (more than a call once setup and data are added: make it two calls, the second reusing
+#                    the finished runs on the still-warm machine, or fewer --jobs per call)
+#   vg-scale         benchmarks/vg_scale.py --part all: VG stand-in (108,073-row index, 3,000 train + 2,200
+#                    test JPEGs), VG-Detection R-101-FPN 200 iterations from random init, priors, KERN PredCls,
+#                    SGCls and SGDet 300 iterations each (at the configs' batches), then --eval-only SGDet on
+#                    >= 2,000 test images, overlapping pairs and all pairs. H200, 2026-12-03: 5 min at 1,500 +
+#                    1,000 images and 100 iterations a phase; ~9 min at the defaults: set VG_SCALE_BUDGET_S
+#                    (default 480 s) to the call's limit less the setup and it cuts training iterations (not
+#                    below 50) to fit
+#   vg-scale-1/-2    the same in two calls: part 1 up to SGCls, part 2 SGDet and the evaluations; part 2
+#                    needs part 1's state in output/ and datasets/ (the same warm machine: call at once),
+#                    else redoes part 1 small first
 #   vg-scale-smoke   the same commands at tiny sizes (on the GPU; a check of the path, ~2-3 min)
 # e.g. `union routing step infer loading` ~6 min + setup (within one call); `routing-compile` alone; `tests toy`;
-# `profile` alone; `vg-scale-1` then `vg-scale-2` in the next call, at once (the machine stays warm only briefly).
+# `profile` alone; `vg-scale` alone (the machine stays warm only 30 s after a call: two-call targets must follow at once).
 # `all` runs every target but the vg-scale ones (~19 min: more than one call allows).
 # vg-scale sizes: VG_SCALE_<SIZE> (e.g. VG_SCALE_DETECTOR_ITERS, VG_SCALE_KERN_ITERS, VG_SCALE_TEST_IMAGES; see
-# benchmarks/vg_scale.py), VG_SCALE_BUDGET_S (skip the evaluations that no longer fit).
+# benchmarks/vg_scale.py), VG_SCALE_BUDGET_S (training iterations are cut so that the rest fits).
+# STUDY_TIMEOUT_S (default 540): the study stops then, and what finished is still packed into $OUT/study.tgz (a
+# call killed at its limit returns nothing of a run still going).
 # Environment: STEP_IMAGES_PER_S (loading: images/s per GPU the training step consumes; default 48, the KERN SGDet
 # step on the H100), OUT (output folder; default /tmp/out).
 set -uo pipefail
@@ -114,7 +119,8 @@ for target in "${selected[@]}"; do
       run toy toy_training ;;
     study)
       # shellcheck disable=SC2086
-      run study python3 tools/run_study.py --dataset synth --device cuda --output /tmp/study ${STUDY_ARGS:---jobs 16}
+      run study timeout "${STUDY_TIMEOUT_S:-540}" python3 tools/run_study.py --dataset synth --device cuda \
+        --output /tmp/study ${STUDY_ARGS:---jobs 16}
       tar czf "$out/study.tgz" -C /tmp --exclude='*.pth' --exclude='events.out.*' study
       [ -f /tmp/study/detector/model_final.pth ] && cp /tmp/study/detector/model_final.pth "$out/study_detector.pth" ;;
     vg-scale-1|vg-scale-2|vg-scale|vg-scale-smoke)

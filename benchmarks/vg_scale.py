@@ -49,11 +49,11 @@ KERN_MODES = ("predcls", "sgcls", "sgdet")
 OUTPUT_DIRS = {"detector": "output/vg_detection_R101_FPN", **{m: f"output/vg_kern_{m}" for m in KERN_MODES}}
 CONFIGS = {"detector": "configs/VG-Detection/faster_rcnn_R_101_FPN.yaml",
            **{m: f"configs/VG-KERN/kern_{m}.yaml" for m in KERN_MODES}}
-# Sizes: (full run, smoke run). Train JPEGs cover the detector's 200 x 16 and KERN's 300 x 8 images in less than
-# an epoch; 2,200 test JPEGs leave >= 2,000 test images after the loader drops those without relations.
+# Sizes: (full run, smoke run). 3,000 train JPEGs: the detector's 200 x 16 images are about one epoch, KERN's
+# 300 x 8 less; 2,200 test JPEGs leave >= 2,000 test images after the loader drops those without relations.
 SIZES = {
     "rows": (108_073, 1_500),
-    "train_images": (5_000, 24),
+    "train_images": (3_000, 24),
     "test_images": (2_200, 8),
     "num_val": (100, 4),
     "detector_iters": (200, 4),
@@ -64,11 +64,12 @@ SIZES = {
     "redo_predcls_iters": (30, 2),  # PredCls and SGCls
     "redo_kern_iters": (100, 3),
 }
-# Guesses for an H200 (fp32, the configs' batches, 4 loader workers) until the run has measured them: s/iter per
-# phase, s per test image of the SGDet evaluations (batch 1), a tool's start-up plus end-of-training evaluation.
-GUESS_S_PER_ITER = {"detector": 0.7, "predcls": 0.3, "sgcls": 0.4, "sgdet": 0.5}
-GUESS_EVAL_S_PER_IMAGE = {"overlap": 0.06, "all_pairs": 0.1}
-STARTUP_S, PRIORS_S, MIN_ITERS = 45, 30, 50
+# Estimates until the run has measured them, from the H200 runs of 2026-12-03 (fp32, the configs' batches, 4 loader
+# workers; BENCHMARKS.md "VG scale"): s/iter per phase, s per test image of the SGDet evaluations (batch 1), a
+# tool's start-up plus end-of-training evaluation on vg150_val, the priors.
+GUESS_S_PER_ITER = {"detector": 0.29, "predcls": 0.08, "sgcls": 0.095, "sgdet": 0.22}
+GUESS_EVAL_S_PER_IMAGE = {"overlap": 0.035, "all_pairs": 0.058}
+STARTUP_S, PRIORS_S, MIN_ITERS = 20, 10, 50
 # The smoke run's inputs: small images, no loader workers, 2 images a batch (on the GPU when there is one).
 SMOKE_OPTS = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224",
               "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "224", "DATALOADER.NUM_WORKERS", "0",

@@ -48,3 +48,20 @@ def test_study_trains_reports_and_reuses_its_runs(toy_tools):
     again = toy_tools.run("run_study.py", *args, timeout=600)
     assert again.stdout.count("already done") == 6  # the dataset, the priors and the four runs
     assert "started" not in again.stdout
+
+    # The report split by mode and merged back (tools/merge_study_reports.py) has the same tables and claims.
+    parts = []
+    for mode in MODES:
+        part = dict(study, modes={mode: study["modes"][mode]})
+        parts.append(os.path.join(out, f"part_{mode}.json"))
+        with open(parts[-1], "w") as f:
+            json.dump(part, f)
+    merged_dir = os.path.join(out, "merged")
+    toy_tools.run("merge_study_reports.py", *parts, "--output", merged_dir)
+    with open(os.path.join(merged_dir, "study.json")) as f:
+        merged = json.load(f)
+    assert merged["modes"] == study["modes"] and merged["claims"] == study["claims"]
+    with open(os.path.join(out, "study.md")) as f, open(os.path.join(merged_dir, "study.md")) as g:
+        assert f.read().split("Recall in %")[1] == g.read().split("Recall in %")[1]
+    clash = toy_tools.run("merge_study_reports.py", parts[0], parts[0], "--output", merged_dir, check=False)
+    assert clash.returncode != 0 and "predcls kern is in both" in clash.stdout

@@ -13,11 +13,13 @@ from kern_d2.evaluation.study import (
     group_recalls,
     make_claims,
     markdown_report,
+    merge_studies,
     plan_runs,
     scaled_schedule,
     summarize,
     variant_models,
     write_report,
+    write_study_report,
 )
 
 
@@ -210,3 +212,40 @@ def test_group_recalls_average_predicates_per_seed_then_seeds():
     assert groups["tail"]["mean"] == 20.0 and groups["tail"]["std"] == pytest.approx(math.sqrt(200))
     assert "## Head, body and tail" in markdown_report(study, [], {}, metrics=("R@50",),
                                                        groups={"predcls": {"kern": groups}})
+
+
+def test_merged_reports_equal_one_report_of_the_union(tmp_path):
+    train_counts = {"on": 300, "near": 12}
+    results = small_results()
+    whole = write_report(str(tmp_path), results, {"device": "CPU"}, train_counts)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    parts = []
+    for name, modes in (("a", ["predcls"]), ("b", ["sgcls"])):
+        write_report(str(tmp_path / name), {m: results[m] for m in modes}, {"device": "CPU"}, train_counts,
+                     failed=[f"{name} failed run"])
+        with open(tmp_path / name / "study.json") as f:
+            parts.append(json.load(f))  # as read back from disk: NaN written as null
+    merged = merge_studies(parts, ["a/study.json", "b/study.json"])
+    assert list(merged["modes"]) == ["predcls", "sgcls"]
+    assert merged["failed"] == ["a failed run", "b failed run"]
+    assert merged["modes"]["predcls"]["freq"]["seeds"] == [None]  # seeds stay None, not NaN
+    assert math.isnan(merged["modes"]["predcls"]["kern"]["metrics"]["zR@50"]["mean"])
+    assert math.isnan(merged["modes"]["predcls"]["kern"]["metrics"]["zR@50"]["values"][0])
+    (tmp_path / "merged").mkdir()
+    payload = write_study_report(str(tmp_path / "merged"), merged["modes"], {"device": "CPU"},
+                                 merged["train_predicate_counts"])
+    assert json.loads(json.dumps(payload["claims"])) == json.loads(json.dumps(whole["claims"]))
+    assert payload["head_body_tail"] == whole["head_body_tail"]
+    assert (tmp_path / "merged" / "study.md").read_text() == (tmp_path / "study.md").read_text()
+
+
+def test_merge_refuses_clashing_runs_and_different_data():
+    study = json.loads(json.dumps({"modes": aggregate(small_results()), "train_predicate_counts": {"on": 3}}))
+    with pytest.raises(ValueError, match="predcls kern is in both a.json and b.json"):
+        merge_studies([study, study], ["a.json", "b.json"])
+    other = dict(study, modes={"sgdet": study["modes"]["sgcls"]}, train_predicate_counts={"on": 4})
+    with pytest.raises(ValueError, match="b.json and a.json were trained on different data"):
+        merge_studies([study, other], ["a.json", "b.json"])
+    with pytest.raises(ValueError, match="c.json: not a study.json"):
+        merge_studies([study, {"claims": []}], ["a.json", "c.json"])

@@ -19,6 +19,7 @@ __all__ = [
     "MODELS", "MODES", "MODE_TITLES", "STUDY_METRICS", "StudyRun", "aggregate", "compare", "make_claims",
     "markdown_report", "mode_overrides", "model_overrides", "models_of_mode", "plan_runs", "plot_metric_by_model",
     "plot_per_predicate_comparison", "summarize", "scaled_schedule", "variant_models", "write_report",
+    "write_study_report", "merge_studies",
 ]
 
 MODES = ("predcls", "sgcls", "sgdet")
@@ -345,10 +346,17 @@ def plot_tradeoff(path: str, by_model: dict, title: str, x: str = "R@50", y: str
 def write_report(output_dir: str, results: Dict[str, Dict[str, List[dict]]], header: Dict[str, str],
                  train_counts: Optional[Dict[str, int]] = None, failed: Sequence[str] = (),
                  extra: Optional[dict] = None) -> dict:
-    """Aggregate ``results`` (as :func:`aggregate`) and write study.json, study.md, mR50.png,
-    per_predicate_<mode>.png and tradeoff_<mode>.png (R@50 against mR@50) into ``output_dir``; with
-    ``train_counts`` also the head/body/tail split (:func:`group_recalls`). Returns the study.json payload."""
-    study = aggregate(results)
+    """Aggregate ``results`` (as :func:`aggregate`) and write the report (:func:`write_study_report`).
+    Returns the study.json payload."""
+    return write_study_report(output_dir, aggregate(results), header, train_counts, failed, extra)
+
+
+def write_study_report(output_dir: str, study: dict, header: Dict[str, str],
+                       train_counts: Optional[Dict[str, int]] = None, failed: Sequence[str] = (),
+                       extra: Optional[dict] = None) -> dict:
+    """Write study.json, study.md, mR50.png, per_predicate_<mode>.png and tradeoff_<mode>.png (R@50 against
+    mR@50) of an aggregated ``study`` into ``output_dir``; with ``train_counts`` also the head/body/tail split
+    (:func:`group_recalls`). Returns the study.json payload."""
     claims = make_claims(study)
     groups = group_recalls(study, train_counts) if train_counts else None
     payload = dict({key.replace(" ", "_"): value for key, value in header.items()}, **(extra or {}))
@@ -368,3 +376,50 @@ def write_report(output_dir: str, results: Dict[str, Dict[str, List[dict]]], hea
         plot_tradeoff(os.path.join(output_dir, f"tradeoff_{mode}.png"), by_model,
                       f"{MODE_TITLES.get(mode, mode)}: R@50 against mR@50 (mean ± std over seeds)")
     return payload
+
+
+def merge_studies(payloads: Sequence[dict], sources: Sequence[str]) -> dict:
+    """One study from the study.json payloads of studies run apart (e.g. one device call per mode).
+
+    Every (mode, model) must come from one payload alone, and all must have the same train predicate counts (the
+    same dataset). JSON nulls (NaN when written) become NaN again. Returns {"modes", "train_predicate_counts",
+    "failed"}; raises ValueError naming the source files where they clash.
+    """
+    modes, owner, failed = {}, {}, []
+    counts, counts_source = None, None
+    for payload, source in zip(payloads, sources):
+        if "modes" not in payload:
+            raise ValueError(f"{source}: not a study.json (no 'modes' key)")
+        their_counts = payload.get("train_predicate_counts")
+        if counts is None:
+            counts, counts_source = their_counts, source
+        elif their_counts != counts:
+            raise ValueError(f"{source} and {counts_source} were trained on different data: their train predicate "
+                             "counts differ")
+        for mode, by_model in payload["modes"].items():
+            for model, summary in by_model.items():
+                if (mode, model) in owner:
+                    raise ValueError(f"{mode} {model} is in both {owner[mode, model]} and {source}: keep one")
+                owner[mode, model] = source
+                modes.setdefault(mode, {})[model] = _nan_from_null(summary)
+        failed += payload.get("failed", [])
+    ordered = {mode: modes[mode] for mode in MODES if mode in modes}
+    ordered.update({mode: by_model for mode, by_model in modes.items() if mode not in ordered})
+    return {"modes": ordered, "train_predicate_counts": counts, "failed": failed}
+
+
+def _nan_from_null(value):
+    """Summaries read back from JSON: null means and stds, and null per-seed values, are NaN (seeds stay None)."""
+    if isinstance(value, list):
+        return [_nan_from_null(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    restored = {}
+    for key, item in value.items():
+        if key in ("mean", "std") and item is None:
+            restored[key] = math.nan
+        elif key == "values":
+            restored[key] = [math.nan if v is None else v for v in item]
+        else:
+            restored[key] = _nan_from_null(item)
+    return restored
