@@ -115,6 +115,8 @@ def test_nan_loss_stops_the_run_naming_loss_and_iteration_and_keeps_the_last_goo
     assert run(toy_tools, command, tmp_path / "nan.log") != 0
     log = read(tmp_path / "nan.log")
     assert "FloatingPointError: Loss became infinite or NaN at iteration=3!" in log
+    assert re.search(r"Training diverged at iteration 3 \(learning rate [0-9.e-]+\)\. Lower SOLVER.BASE_LR", log)
+    assert f"The last good checkpoint is {os.path.join(output_dir, 'model_0000001.pth')}" in log
     assert re.search(r"loss_dict = \{'loss_relation': (np\.float64\()?nan", log)  # numpy 2 writes np.float64(nan)
     assert read(os.path.join(output_dir, "last_checkpoint")) == "model_0000001.pth"
     assert sorted(n for n in os.listdir(output_dir) if n.endswith(".pth")) == ["model_0000001.pth"]

@@ -113,3 +113,16 @@ def test_kern_training_refuses_a_frozen_untrained_detector(frozen_bn_toy, tmp_pa
         toy_trainer("kern_predcls.yaml", tmp_path / "a", *opts).resume_or_load(resume=False)
     toy_trainer("kern_predcls.yaml", tmp_path / "b", *opts, "MODEL.UNTRAINED_DETECTOR", "allow").resume_or_load(
         resume=False)
+
+
+def test_divergence_message_names_the_step_the_cause_and_the_way_back():
+    from kern_d2.engine.trainer import divergence_message
+
+    text = divergence_message(125, 0.011031, "", "/out/model_0000099.pth")
+    assert text.startswith("Training diverged at iteration 125 (learning rate 0.011).")
+    assert "MODEL.WEIGHTS is empty" in text and "lower SOLVER.BASE_LR" in text
+    assert text.endswith("The last good checkpoint is /out/model_0000099.pth: change the setting and train again "
+                         "with --resume.")
+    text = divergence_message(3, 0.02, "output/vg_detector/model_final.pth", "")
+    assert "MODEL.WEIGHTS is empty" not in text and "Lower SOLVER.BASE_LR" in text
+    assert text.endswith("No checkpoint was written before it.")

@@ -125,6 +125,14 @@ class SGGTrainer(DefaultTrainer):
             average_frozen_bn_statistics(model)
             logger.info(f"Calibrated {count} FrozenBatchNorm2d layers of the backbone on one training batch.")
 
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            lr = self._trainer.optimizer.param_groups[0]["lr"]
+            last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else ""
+            raise FloatingPointError(divergence_message(self.iter, lr, self.cfg.MODEL.WEIGHTS, last)) from e
+
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_sgg_optimizer(cfg, model)
@@ -195,6 +203,19 @@ def untrained_detector_message(weights: str, num_frozen_bn: int, frozen_parts: d
         "MODEL.UNTRAINED_DETECTOR 'calibrate' (FrozenBN statistics from the first training batch) or 'allow' "
         "(as is)."
     )
+
+
+def divergence_message(iteration: int, lr: float, weights: str, last_checkpoint: str) -> str:
+    """What to do when a training step found NaN or inf (in a loss, or in the detector's boxes or scores)."""
+    cause = (
+        "The model started from no trained weights (MODEL.WEIGHTS is empty): from random init the VG detector "
+        "diverged at the config's 0.02 and trained at 0.002 (BENCHMARKS.md, 'VG scale'). Use trained weights or a "
+        "lower SOLVER.BASE_LR."
+        if not weights else "Lower SOLVER.BASE_LR (or clip gradients: SOLVER.CLIP_GRADIENTS.ENABLED)."
+    )
+    resume = (f"The last good checkpoint is {last_checkpoint}: change the setting and train again with --resume."
+              if last_checkpoint else "No checkpoint was written before it.")
+    return f"Training diverged at iteration {iteration} (learning rate {lr:.3g}). {cause} {resume}"
 
 
 def best_metric_key(cfg) -> str:
