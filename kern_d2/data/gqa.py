@@ -139,7 +139,6 @@ def register_gqa_sgg(name: str, root: str, split: str, **kwargs):
     ``kwargs`` go to :func:`load_gqa_sgg`, except ``priors_file``, which goes to the metadata.
     """
     annotation_file, id_info_file, image_root = gqa_files(root, split)
-    priors_file = kwargs.pop("priors_file", None)
     register_sgg_dataset(
         name,
         load=lambda: load_gqa_sgg(annotation_file, id_info_file, image_root, split, **kwargs),
@@ -150,6 +149,6 @@ def register_gqa_sgg(name: str, root: str, split: str, **kwargs):
             id_info_file=id_info_file,
             image_root=image_root,
             split=split,
-            **({"priors_file": priors_file} if priors_file else {}),
         ),
+        priors_file=kwargs.pop("priors_file", None),
     )

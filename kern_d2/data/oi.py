@@ -127,7 +127,6 @@ def register_oi_sgg(name: str, root: str, split: str, **kwargs):
     ``evaluator_type`` is ``"sgg_oi"``: SceneGraphEvaluator reports the Open Images metrics too.
     """
     annotation_file, categories_file, image_root = oi_files(root, split)
-    priors_file = kwargs.pop("priors_file", None)
     register_sgg_dataset(
         name,
         load=lambda: load_oi_sgg(annotation_file, categories_file, image_root, **kwargs),
@@ -139,6 +138,6 @@ def register_oi_sgg(name: str, root: str, split: str, **kwargs):
             categories_file=categories_file,
             image_root=image_root,
             split=split,
-            **({"priors_file": priors_file} if priors_file else {}),
         ),
+        priors_file=kwargs.pop("priors_file", None),
     )

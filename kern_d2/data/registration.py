@@ -1,6 +1,6 @@
 """Register an SGG dataset in Detectron2's catalogs, with class names read now or on first load."""
 import os
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -16,17 +16,20 @@ def register_sgg_dataset(
     read_classes: Callable[[], Tuple[List[str], List[str]]],
     classes_file: str,
     metadata: dict,
+    priors_file: Optional[str] = None,
 ):
     """``load`` builds the dataset dicts; ``read_classes`` returns (thing_classes, predicate_classes) from
     ``classes_file``. The classes are read at registration when that file exists (so a model can be built from
     the metadata before any data is loaded), else on first load: builtin names are registered even when their
-    files are absent."""
+    files are absent. A ``priors_file`` goes to the metadata."""
 
     def load_and_set_classes():
         set_sgg_classes(name, *read_classes())
         return load()
 
     DatasetCatalog.register(name, load_and_set_classes)
+    if priors_file:
+        metadata = dict(metadata, priors_file=priors_file)
     MetadataCatalog.get(name).set(**{"evaluator_type": "sgg", **metadata})  # metadata may name another type
     if os.path.isfile(classes_file):
         set_sgg_classes(name, *read_classes())

@@ -176,13 +176,11 @@ def register_sgg_json(name: str, json_file: str, image_root: str, **kwargs):
 
     ``kwargs`` go to :func:`load_sgg_json`, except ``priors_file``, which goes to the metadata.
     """
-    priors_file = kwargs.pop("priors_file", None)
     register_sgg_dataset(
         name,
         load=lambda: load_sgg_json(json_file, image_root, **kwargs),
         read_classes=lambda: read_sgg_json_classes(json_file),
         classes_file=json_file,
-        metadata=dict(
-            json_file=json_file, image_root=image_root, **({"priors_file": priors_file} if priors_file else {})
-        ),
+        metadata=dict(json_file=json_file, image_root=image_root),
+        priors_file=kwargs.pop("priors_file", None),  # popped before any load: not a loader argument
     )

@@ -394,7 +394,6 @@ def register_vg_sgg(
     ``kwargs`` go to :func:`load_vg_sgg`, except ``priors_file``, which goes to the metadata. Class names are
     read from ``dicts_file`` now if it exists, else when the dataset is first loaded.
     """
-    priors_file = kwargs.pop("priors_file", None)
     register_sgg_dataset(
         name,
         load=lambda: load_vg_sgg(h5_file, dicts_file, image_data_file, image_root, split, dataset_name=name,
@@ -407,6 +406,6 @@ def register_vg_sgg(
             image_data_file=image_data_file,
             image_root=image_root,
             split=split,
-            **({"priors_file": priors_file} if priors_file else {}),
         ),
+        priors_file=kwargs.pop("priors_file", None),
     )
