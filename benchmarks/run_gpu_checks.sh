@@ -32,8 +32,9 @@
 #                    the finished runs on the still-warm machine, or fewer --jobs per call)
 #   vg-scale         benchmarks/vg_scale.py --part all: VG stand-in (108,073-row index, 3,000 train + 2,200
 #                    test JPEGs), VG-Detection R-101-FPN 200 iterations from random init, priors, KERN PredCls,
-#                    SGCls and SGDet 300 iterations each (at the configs' batches), then --eval-only SGDet on
-#                    >= 2,000 test images, overlapping pairs and all pairs. H200, 2026-12-03: 5 min at 1,500 +
+#                    SGCls and SGDet 300 iterations each (at the configs' batches), then --eval-only on >= 2,000
+#                    test images: SGDet with all pairs, the detector alone (side by side, for the throughput
+#                    ratio), PredCls with 8 loader workers, SGDet with overlapping pairs. H200: 5 min at 1,500 +
 #                    1,000 images and 100 iterations a phase; ~9 min at the defaults: set VG_SCALE_BUDGET_S
 #                    (default 480 s) to the call's limit less the setup and it cuts training iterations (not
 #                    below 50) to fit

@@ -14,7 +14,9 @@ the previous phase's ``model_final.pth`` exactly as the README says):
    weights can be downloaded there: ``MODEL.WEIGHTS ""`` and ``MODEL.UNTRAINED_DETECTOR calibrate``);
 3. ``tools/compute_priors.py --dataset vg150_train``;
 4. ``tools/train_net.py`` with ``configs/VG-KERN/kern_{predcls,sgcls,sgdet}.yaml``;
-5. ``tools/train_net.py --eval-only`` SGDet on vg150_test, with the default pair rule and with all pairs.
+5. ``tools/train_net.py --eval-only`` SGDet on vg150_test with all pairs, the detector alone on the same images
+   (its throughput, side by side for the inference target), then SGDet with the default pair rule;
+6. between those, PredCls once more with 8 data-loader workers (the configs have 4): the loader's wait share.
 
 Only iteration counts and dataset choices are overridden (``SOLVER.MAX_ITER``; the training phases evaluate at
 their end on the small vg150_val instead of the whole test split; the builtin names read ``KERN_VG_NUM_VAL`` and
@@ -68,7 +70,7 @@ SIZES = {
 # workers; BENCHMARKS.md "VG scale"): s/iter per phase, s per test image of the SGDet evaluations (batch 1), a
 # tool's start-up plus end-of-training evaluation on vg150_val, the priors.
 GUESS_S_PER_ITER = {"detector": 0.29, "predcls": 0.08, "sgcls": 0.095, "sgdet": 0.22}
-GUESS_EVAL_S_PER_IMAGE = {"overlap": 0.035, "all_pairs": 0.058}
+GUESS_EVAL_S_PER_IMAGE = {"overlap": 0.035, "all_pairs": 0.058, "detector": 0.03}
 STARTUP_S, PRIORS_S, MIN_ITERS = 20, 10, 50
 # The smoke run's inputs: small images, no loader workers, 2 images a batch (on the GPU when there is one).
 SMOKE_OPTS = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224",
@@ -90,6 +92,9 @@ def parse_args(argv=None):
     for key in SIZES:
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, help=f"default {SIZES[key][0]} ({SIZES[key][1]} "
                             "with --smoke); env VG_SCALE_" + key.upper())
+    parser.add_argument("--detector-base-lr", type=float, default=os.environ.get("VG_SCALE_DETECTOR_BASE_LR"),
+                        help="train the detector at this SOLVER.BASE_LR at once (default: the config's, and a tenth "
+                             "of it should that diverge); env VG_SCALE_DETECTOR_BASE_LR")
     parser.add_argument("--exec", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # internal: run a tool in-process
     args = parser.parse_args(argv)
     for key, (full, smoke) in SIZES.items():
@@ -172,12 +177,25 @@ def evaluation_figures(output: str, metrics_file: str) -> dict:
         figures["inference_total_s"] = round(_hms(total[-1][0]), 1)
     if batches:
         figures["images"] = int(batches[-1])
+    coco = re.search(r"copypaste: AP,AP50,AP75,APs,APm,APl\n.*copypaste: ([\d.nan]+),([\d.nan]+)", output)
+    if coco:
+        figures["box_AP"], figures["box_AP50"] = float(coco.group(1)), float(coco.group(2))
     if os.path.isfile(metrics_file):
         with open(metrics_file) as f:
             metrics = json.load(f)
         figures["sgg"] = {k: v for k, v in metrics["metrics"].items() if re.fullmatch(r"(ng-)?m?R@(50|100)", k)}
         figures["images_with_relations"] = metrics["num_images_with_relations"]
     return figures
+
+
+def throughput_ratios(steps: dict) -> dict:
+    """SGDet throughput as a fraction of the detector's (s/image of the detector / s/image of SGDet), for each SGDet
+    evaluation timed in this run; the inference target asks >= 0.6 with all pairs."""
+    detector = steps.get("eval_detector", {}).get("inference_s_per_image")
+    if not detector:
+        return {}
+    sgdet = {name: steps.get(f"eval_{name}", {}).get("inference_s_per_image") for name in ("all_pairs", "overlap")}
+    return {name: round(detector / s_per_image, 3) for name, s_per_image in sgdet.items() if s_per_image}
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -251,7 +269,7 @@ class VGScaleRun:
         return GUESS_S_PER_ITER[phase]
 
     def eval_s(self, name: str) -> float:
-        """Estimated seconds of an SGDet evaluation on the test split."""
+        """Estimated seconds of an evaluation (SGDet or the detector alone) on the test split."""
         measured = self.state["steps"].get(f"eval_{name}", {}).get("inference_s_per_image")
         return STARTUP_S + self.args.test_images * (measured or GUESS_EVAL_S_PER_IMAGE[name])
 
@@ -296,16 +314,25 @@ class VGScaleRun:
                 self.state["dataset"] = json.load(f)
             self.save()
 
-    def train(self, phase: str, iters: int, *extra: str):
+    def train(self, phase: str, iters: int, *extra: str, step: str = None):
+        """Train ``phase`` with its config; ``step`` names a second run of it (own output folder and figures)."""
         a = self.args
-        output_dir = os.path.join(a.workdir, OUTPUT_DIRS[phase])
+        step = step or phase
+        output_dir = os.path.join(a.workdir, OUTPUT_DIRS[phase] if step == phase else f"output/vg_{step}")
         shutil.rmtree(output_dir, ignore_errors=True)  # a fresh run: its metrics.json is this run's alone
-        opts = ["SOLVER.MAX_ITER", str(iters), *extra, *self.smoke_opts]
-        output = self.tool(phase, "train_net.py", "--config-file", os.path.join(ROOT, CONFIGS[phase]), *opts)
+        opts = ["SOLVER.MAX_ITER", str(iters), *extra, "OUTPUT_DIR", output_dir, *self.smoke_opts]
+        output = self.tool(step, "train_net.py", "--config-file", os.path.join(ROOT, CONFIGS[phase]), *opts)
         batch = 2 if a.smoke else _config_value(CONFIGS[phase], "SOLVER.IMS_PER_BATCH")
-        self.state["steps"][phase].update(iters=iters, images_per_batch=batch,
-                                          **training_figures(output, output_dir, batch))
+        self.state["steps"][step].update(iters=iters, images_per_batch=batch,
+                                         **training_figures(output, output_dir, batch))
         self.save()
+
+    def loader_check(self, workers: int):
+        """PredCls once more, as many iterations, with ``workers`` loader workers instead of the config's: the
+        data-loader wait share side by side with the first PredCls run (same data, machine and run)."""
+        iters = self.state["steps"].get("predcls", {}).get("iters", MIN_ITERS)
+        self.train("predcls", iters, "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0",
+                   "DATALOADER.NUM_WORKERS", str(workers), step=f"predcls_workers{workers}")
 
     def detector(self, iters: int):
         # The detector ends with a COCO evaluation on vg150_val when pycocotools is there (its AP), else none.
@@ -313,7 +340,11 @@ class VGScaleRun:
         # tenth of it, recorded as a deviation from the config.
         opts = ["MODEL.WEIGHTS", "", "MODEL.UNTRAINED_DETECTOR", "calibrate"]
         opts += [] if _has_pycocotools() else ["DATASETS.TEST", "()"]
-        base_lr = 0.002 if self.args.smoke else None  # the smoke run's few iterations ramp the warmup steeply
+        base_lr = self.args.detector_base_lr
+        if base_lr is None and self.args.smoke:
+            base_lr = 0.002  # the smoke run's few iterations ramp the warmup steeply
+        if base_lr is not None:
+            self.state["detector_base_lr_set"] = float(base_lr)
         for attempt in range(2):
             lr = ["SOLVER.BASE_LR", str(base_lr)] if base_lr else []
             try:
@@ -323,9 +354,10 @@ class VGScaleRun:
                     diverged = "FloatingPointError" in f.read()
                 if attempt or not diverged:
                     raise
-                base_lr = (base_lr or _config_value(CONFIGS["detector"], "SOLVER.BASE_LR")) / 10
-                self.say(f"detector: diverged; again with SOLVER.BASE_LR {base_lr}")
-                self.state["steps"]["detector_diverged_at_config_lr"] = True
+                diverged_lr = base_lr or _config_value(CONFIGS["detector"], "SOLVER.BASE_LR")
+                base_lr = diverged_lr / 10
+                self.say(f"detector: diverged at SOLVER.BASE_LR {diverged_lr}; again with {base_lr}")
+                self.state["detector_diverged_at_base_lr"] = diverged_lr
 
     def priors(self):
         self.tool("priors", "compute_priors.py", "--dataset", "vg150_train", "--output", PRIORS_FILE)
@@ -340,14 +372,18 @@ class VGScaleRun:
                     k: v for k, v in json.load(f)["metrics"].items() if re.fullmatch(r"(ng-)?m?R@(50|100)", k)}
             self.save()
 
-    def evaluate(self, name: str, all_pairs: bool):
+    def evaluate(self, name: str, all_pairs: bool = False):
+        """``--eval-only`` on vg150_test: SGDet (``name`` overlap / all_pairs) or the detector alone (detector)."""
         a = self.args
-        output_dir = os.path.join(a.workdir, f"output/vg_kern_sgdet_eval_{name}")
+        output_dir = os.path.join(a.workdir, f"output/vg_eval_{name}")
         shutil.rmtree(output_dir, ignore_errors=True)
-        opts = ["MODEL.WEIGHTS", "output/vg_kern_sgdet/model_final.pth", "OUTPUT_DIR", output_dir]
+        phase = "detector" if name == "detector" else "sgdet"
+        opts = ["MODEL.WEIGHTS", f"{OUTPUT_DIRS[phase]}/model_final.pth", "OUTPUT_DIR", output_dir]
+        if phase == "detector":
+            opts += ["DATASETS.TEST", "('vg150_test',)"]
         if all_pairs:
             opts += ["MODEL.ROI_RELATION_HEAD.REQUIRE_OVERLAP", "False"]
-        output = self.tool(f"eval_{name}", "train_net.py", "--config-file", os.path.join(ROOT, CONFIGS["sgdet"]),
+        output = self.tool(f"eval_{name}", "train_net.py", "--config-file", os.path.join(ROOT, CONFIGS[phase]),
                            "--eval-only", *opts, *self.smoke_opts)
         metrics = os.path.join(output_dir, "inference", "vg150_test", "sgg_metrics.json")
         step = self.state["steps"][f"eval_{name}"]
@@ -356,6 +392,7 @@ class VGScaleRun:
             step["wall_s_per_1000_images"] = round(1000 * step["wall_s"] / step["images"], 1)
         for path in glob.glob(os.path.join(output_dir, "inference", "vg150_test", "sgg_*")):
             shutil.copy(path, os.path.join(a.out, f"sgdet_{name}_{os.path.basename(path)}"))
+        self.state["sgdet_throughput_vs_detector"] = throughput_ratios(self.state["steps"])
         self.save()
 
     # ------------------------------------------------------------------------------------------ parts
@@ -388,10 +425,16 @@ class VGScaleRun:
             self.say("part 2: part 1's results are not all here (a fresh machine?): redoing what is missing, small")
             self.part1(redo=True)
             iters = a.redo_kern_iters
-        self.kern("sgdet", self.fit_iters("sgdet", iters, self.eval_s("overlap") + self.eval_s("all_pairs")))
-        # SGDet evaluation over the test split: overlapping pairs (the default), then all pairs.
-        self.evaluate("overlap", all_pairs=False)
+        evaluations = ("all_pairs", "detector", "overlap")
+        loader_check_s = STARTUP_S + self.state["steps"].get("predcls", {}).get("wall_s", 0)
+        self.kern("sgdet", self.fit_iters("sgdet", iters, sum(map(self.eval_s, evaluations)) + loader_check_s))
+        # Over the test split, the costliest first: SGDet with all pairs, the detector alone on the same images
+        # (side by side, for the throughput ratio); PredCls with 8 loader workers; SGDet with overlapping pairs
+        # (the default).
         self.evaluate("all_pairs", all_pairs=True)
+        self.evaluate("detector")
+        self.loader_check(workers=8)
+        self.evaluate("overlap")
 
 
 def _config_value(config: str, key: str):

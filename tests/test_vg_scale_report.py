@@ -49,6 +49,25 @@ def test_evaluation_figures(vg_scale, tmp_path):
     assert figures["sgg"] == {"R@50": 2.0, "R@100": 3.0, "mR@50": 0.5, "ng-mR@100": 4.0}
 
 
+def test_detector_evaluation_figures(vg_scale, tmp_path):
+    log = ("[12/03 18:00:01 d2.evaluation.testing]: copypaste: Task: bbox\n"
+           "[12/03 18:00:01 d2.evaluation.testing]: copypaste: AP,AP50,AP75,APs,APm,APl\n"
+           "[12/03 18:00:01 d2.evaluation.testing]: copypaste: 7.0125,14.9020,5.8,1.2,4.5,9.9\n"
+           "Total inference time: 0:01:00 (0.030000 s / iter per device, on 1 devices)\n")
+    figures = vg_scale.evaluation_figures(log, str(tmp_path / "none.json"))
+    assert figures["box_AP"] == 7.0125 and figures["box_AP50"] == 14.902
+    assert figures["inference_s_per_image"] == 0.03 and "sgg" not in figures
+
+
+def test_throughput_ratios(vg_scale):
+    steps = {"eval_all_pairs": {"inference_s_per_image": 0.06}, "eval_overlap": {"inference_s_per_image": 0.04}}
+    assert vg_scale.throughput_ratios(steps) == {}  # no detector timing: no ratio
+    steps["eval_detector"] = {"inference_s_per_image": 0.03}
+    assert vg_scale.throughput_ratios(steps) == {"all_pairs": 0.5, "overlap": 0.75}
+    del steps["eval_overlap"]  # cut off before it: the ratio it has
+    assert vg_scale.throughput_ratios(steps) == {"all_pairs": 0.5}
+
+
 def test_iterations_cut_to_fit_the_budget(vg_scale, tmp_path, monkeypatch):
     monkeypatch.delenv("VG_SCALE_BUDGET_S", raising=False)
     args = vg_scale.parse_args(["--part", "2", "--budget-s", "100", "--workdir", str(tmp_path), "--out",
