@@ -41,6 +41,9 @@
 #   vg-scale-1/-2    the same in two calls: part 1 up to SGCls, part 2 SGDet and the evaluations; part 2
 #                    needs part 1's state in output/ and datasets/ (the same warm machine: call at once),
 #                    else redoes part 1 small first
+#   vg-scale-loader  --part loader: the stand-in (VG_SCALE_TRAIN_IMAGES), priors, then PredCls at the configs' batch
+#                    for VG_SCALE_KERN_ITERS iterations at each of VG_SCALE_LOADER_WORKERS (default 4,8,12) loader
+#                    workers: s/iter and the data-loader wait share side by side
 #   vg-scale-smoke   the same commands at tiny sizes (on the GPU; a check of the path, ~2-3 min)
 # e.g. `union routing step infer loading` ~6 min + setup (within one call); `routing-compile` alone; `tests toy`;
 # `profile` alone; `vg-scale` alone (the machine stays warm only 30 s after a call: two-call targets must follow at once).
@@ -124,7 +127,7 @@ for target in "${selected[@]}"; do
         --output /tmp/study ${STUDY_ARGS:---jobs 16}
       tar czf "$out/study.tgz" -C /tmp --exclude='*.pth' --exclude='events.out.*' study
       [ -f /tmp/study/detector/model_final.pth ] && cp /tmp/study/detector/model_final.pth "$out/study_detector.pth" ;;
-    vg-scale-1|vg-scale-2|vg-scale|vg-scale-smoke)
+    vg-scale-1|vg-scale-2|vg-scale|vg-scale-loader|vg-scale-smoke)
       part=${target#vg-scale}; part=${part#-}
       case $part in "") args="--part all" ;; smoke) args="--part all --smoke --workdir /tmp/vg_scale_smoke" ;;
         *) args="--part $part" ;; esac

@@ -81,7 +81,11 @@ SMOKE_OPTS = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224",
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["1", "2", "all"], default="all")
+    parser.add_argument("--part", choices=["1", "2", "all", "loader"], default="all",
+                        help="loader: only the data-loader check, PredCls at each of --loader-workers (a detector "
+                             "from random init when none was trained in the workdir)")
+    parser.add_argument("--loader-workers", default=os.environ.get("VG_SCALE_LOADER_WORKERS", "4,8,12"),
+                        help="--part loader: DATALOADER.NUM_WORKERS values, e.g. 4,8,12; env VG_SCALE_LOADER_WORKERS")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU: checks the commands end to end")
     parser.add_argument("--workdir", default=ROOT, help="where datasets/ and output/ go (default: the project root)")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"), help="JSON, log and metrics go here")
@@ -327,12 +331,22 @@ class VGScaleRun:
                                          **training_figures(output, output_dir, batch))
         self.save()
 
-    def loader_check(self, workers: int):
-        """PredCls once more, as many iterations, with ``workers`` loader workers instead of the config's: the
-        data-loader wait share side by side with the first PredCls run (same data, machine and run)."""
-        iters = self.state["steps"].get("predcls", {}).get("iters", MIN_ITERS)
-        self.train("predcls", iters, "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0",
+    def loader_check(self, workers: int, iters: int = None):
+        """PredCls once more (``iters``, default as many as the first PredCls run) with ``workers`` loader workers:
+        the data-loader wait share side by side with the other PredCls runs (same data, machine and run). From
+        the detector of this workdir, else from random init (the step's cost does not depend on its weights)."""
+        iters = iters or self.state["steps"].get("predcls", {}).get("iters", MIN_ITERS)
+        weights = [] if self.done("detector") else ["MODEL.WEIGHTS", "", "MODEL.UNTRAINED_DETECTOR", "calibrate"]
+        self.train("predcls", iters, "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", *weights,
                    "DATALOADER.NUM_WORKERS", str(workers), step=f"predcls_workers{workers}")
+
+    def loader_part(self):
+        a = self.args
+        self.data(a.train_images)
+        if not os.path.isfile(os.path.join(a.workdir, PRIORS_FILE)):
+            self.priors()
+        for workers in (int(w) for w in a.loader_workers.split(",")):
+            self.loader_check(workers, iters=a.kern_iters)
 
     def detector(self, iters: int):
         # The detector ends with a COCO evaluation on vg150_val when pycocotools is there (its AP), else none.
@@ -483,6 +497,8 @@ def main(argv=None):
             run.part1()
         if args.part in ("2", "all"):
             run.part2()
+        if args.part == "loader":
+            run.loader_part()
     finally:
         run.state["wall_s_part_" + args.part] = round(time.perf_counter() - run.start, 1)
         run.save()
