@@ -45,7 +45,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STATE = "vg_scale_state.json"
+# The run's own files (state between parts, each tool's log, the stand-in's summary) go under output/ of the workdir,
+# which git ignores: the device tool keeps ignored outputs between calls on a warm machine and replaces the rest.
+SCRATCH = "output/vg_scale"
 PRIORS_FILE = "datasets/vg/kern_priors_vg150.npz"  # the VG-KERN configs' PRIORS_FILE
 KERN_MODES = ("predcls", "sgcls", "sgdet")
 OUTPUT_DIRS = {"detector": "output/vg_detection_R101_FPN", **{m: f"output/vg_kern_{m}" for m in KERN_MODES}}
@@ -67,10 +69,10 @@ SIZES = {
     "redo_kern_iters": (100, 3),
 }
 # Estimates until the run has measured them, from the H200 runs of 2026-12-03 (fp32, the configs' batches, 4 loader
-# workers; BENCHMARKS.md "VG scale"): s/iter per phase, s per test image of the SGDet evaluations (batch 1), a
-# tool's start-up plus end-of-training evaluation on vg150_val, the priors.
+# workers; BENCHMARKS.md "VG scale"; the slower host of run C for the evaluations): s/iter per phase, s per test
+# image of the evaluations (batch 1), a tool's start-up plus end-of-training evaluation on vg150_val, the priors.
 GUESS_S_PER_ITER = {"detector": 0.29, "predcls": 0.08, "sgcls": 0.095, "sgdet": 0.22}
-GUESS_EVAL_S_PER_IMAGE = {"overlap": 0.035, "all_pairs": 0.058, "detector": 0.03}
+GUESS_EVAL_S_PER_IMAGE = {"overlap": 0.047, "all_pairs": 0.07, "detector": 0.03}
 STARTUP_S, PRIORS_S, MIN_ITERS = 20, 10, 50
 # The smoke run's inputs: small images, no loader workers, 2 images a batch (on the GPU when there is one).
 SMOKE_OPTS = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224",
@@ -207,8 +209,9 @@ class VGScaleRun:
     def __init__(self, args):
         self.args = args
         os.makedirs(args.out, exist_ok=True)
-        os.makedirs(os.path.join(args.workdir, "logs"), exist_ok=True)
-        self.state_file = os.path.join(args.workdir, STATE)
+        self.scratch = os.path.join(args.workdir, SCRATCH)
+        os.makedirs(os.path.join(self.scratch, "logs"), exist_ok=True)
+        self.state_file = os.path.join(self.scratch, "state.json")
         self.state = {"steps": {}}
         if os.path.isfile(self.state_file):
             with open(self.state_file) as f:
@@ -233,9 +236,13 @@ class VGScaleRun:
             with open(path, "w") as f:
                 json.dump(self.state, f, indent=1)
 
+    def log_file(self, step: str) -> str:
+        return os.path.join(self.scratch, "logs", f"{step}.log")
+
     def tool(self, step: str, tool: str, *args: str, timeout: float = None) -> str:
         """Run a project tool (in-process under ``--exec``, for its peak GPU memory) from the workdir; keep its
-        output in workdir/logs/<step>.log and its key lines in the run's log. Raises on failure."""
+        output in the workdir's output/vg_scale/logs/<step>.log and its key lines in the run's log. Raises on
+        failure."""
         command = [sys.executable, os.path.abspath(__file__), "--exec", os.path.join(ROOT, "tools", tool), *args]
         self.say(f"{step}: {tool} {' '.join(args)}")
         start = time.perf_counter()
@@ -247,7 +254,7 @@ class VGScaleRun:
             output = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
             rc = "timeout"
         wall = time.perf_counter() - start
-        with open(os.path.join(self.args.workdir, "logs", f"{step}.log"), "w") as f:
+        with open(self.log_file(step), "w") as f:
             f.write(output)
         keep = (r"Overall training speed|Total inference|max_mem|WARNING|Error|error:|copypaste|VG_SCALE|Wrote|rows:"
                 r"|boxes|relations:|predicates:|images,|Calibrated|R@")
@@ -258,7 +265,7 @@ class VGScaleRun:
         if rc != 0:
             self.log.write("".join(f"  | {line}\n" for line in output.splitlines()[-40:]))
             self.save()
-            raise RuntimeError(f"{step} failed (rc {rc}); its log: {self.args.workdir}/logs/{step}.log")
+            raise RuntimeError(f"{step} failed (rc {rc}); its log: {self.log_file(step)}")
         self.say(f"{step}: done in {wall:.0f} s")
         return output
 
@@ -306,13 +313,14 @@ class VGScaleRun:
                 return
         shutil.rmtree(os.path.join(a.workdir, "datasets", "vg"), ignore_errors=True)
         self.tool("data", "make_vg_standin.py", "--output", "datasets/vg", "--rows", str(a.rows), "--train-images",
-                  str(train_images), "--test-images", str(a.test_images), "--summary-json", "standin_summary.json")
+                  str(train_images), "--test-images", str(a.test_images),
+                  "--summary-json", os.path.join(self.scratch, "standin_summary.json"))
         with open(marker, "w") as f:
             json.dump(wanted, f)
         self._read_dataset_summary()
 
     def _read_dataset_summary(self):
-        path = os.path.join(self.args.workdir, "standin_summary.json")
+        path = os.path.join(self.scratch, "standin_summary.json")
         if os.path.isfile(path):
             with open(path) as f:
                 self.state["dataset"] = json.load(f)
@@ -364,7 +372,7 @@ class VGScaleRun:
             try:
                 return self.train("detector", iters, *opts, *lr)
             except RuntimeError:
-                with open(os.path.join(self.args.workdir, "logs", "detector.log")) as f:
+                with open(self.log_file("detector")) as f:
                     diverged = "FloatingPointError" in f.read()
                 if attempt or not diverged:
                     raise
