@@ -177,6 +177,9 @@ def evaluation_figures(output: str, metrics_file: str) -> dict:
     figures = _peak_memory(output)
     total = re.findall(r"Total inference time: ([\d:.]+) \(([\d.]+) s / iter per device", output)
     batches = re.findall(r"Start inference on (\d+) batches", output)
+    pure = re.findall(r"Total inference pure compute time: [\d:.]+ \(([\d.]+) s / iter per device", output)
+    if pure:  # the model alone: without data loading and the evaluator's work
+        figures["pure_compute_s_per_image"] = float(pure[-1])
     if total:
         figures["inference_s_per_image"] = float(total[-1][1])
         figures["inference_s_per_1000_images"] = round(1000 * float(total[-1][1]), 1)

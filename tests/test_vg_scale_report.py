@@ -42,10 +42,11 @@ def test_evaluation_figures(vg_scale, tmp_path):
     metrics.write_text(json.dumps({"num_images_with_relations": 2010, "metrics": {
         "R@20": 1.0, "R@50": 2.0, "R@100": 3.0, "mR@50": 0.5, "ng-mR@100": 4.0, "zR@50": 0.1}}))
     log = ("Start inference on 2010 batches\n"
-           "Total inference time: 0:01:40.500000 (0.050000 s / iter per device, on 1 devices)\n")
+           "Total inference time: 0:01:40.500000 (0.050000 s / iter per device, on 1 devices)\n"
+           "Total inference pure compute time: 0:01:30 (0.045000 s / iter per device, on 1 devices)\n")
     figures = vg_scale.evaluation_figures(log, str(metrics))
     assert figures["images"] == 2010 and figures["inference_s_per_1000_images"] == 50.0
-    assert figures["inference_total_s"] == 100.5
+    assert figures["inference_total_s"] == 100.5 and figures["pure_compute_s_per_image"] == 0.045
     assert figures["sgg"] == {"R@50": 2.0, "R@100": 3.0, "mR@50": 0.5, "ng-mR@100": 4.0}
 
 
