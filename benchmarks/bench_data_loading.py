@@ -7,7 +7,9 @@ Datasets, written to a temporary folder:
   noise: ~110 KB each, near VG's average file size) with 10-20 boxes and 4-8 relations, and the VG configs'
   resize (shorter side 600, longer at most 1000) plus the horizontal flip.
 Cases per dataset: "decode only" (Detectron2's read_image), the mapper in this process (= one worker), and a
-torch DataLoader with N worker processes (Detectron2's loaders use one, batch of one image, trivial collate).
+torch DataLoader with N worker processes (Detectron2's loaders use one, batch of one image, trivial collate), with
+the plain mapper (each of a mapped dict's 5 tensors in its own shared-memory block) and wrapped in CompactTransfer
+(the image alone; what kern_d2's loaders use with workers).
 Files are read from the page cache (just written): disk reads are not included.
 
 The step's need is --step-images-per-s (images/s per GPU of the training step, e.g. bench_train_step.py's
@@ -36,7 +38,7 @@ from detectron2.structures import BoxMode
 
 from common import ROOT, environment_header, format_table, resolve_device, set_cpu_threads, targets_met
 from kern_d2.config import add_kern_config
-from kern_d2.data import SGGDatasetMapper, load_vg_sgg
+from kern_d2.data import CompactTransfer, SGGDatasetMapper, load_vg_sgg
 from kern_d2.data.toy import generate_toy_dataset
 
 # Images/s per GPU of the KERN SGDet training step: bench_train_step.py on the H100 (nvidia-h100-x1), bf16, batch 8,
@@ -192,6 +194,8 @@ def bench_dataset(name, dicts, cfg, args):
             row("mapper, in process", in_process_rate(mapper, dicts, args.passes), 0)
         else:
             row(f"DataLoader, {workers} workers", loader_rate(mapper, dicts, args.passes, workers), workers)
+            row(f"DataLoader, {workers} workers, CompactTransfer",
+                loader_rate(CompactTransfer(mapper), dicts, args.passes, workers), workers)
     return rows
 
 

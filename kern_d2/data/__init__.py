@@ -9,9 +9,11 @@ from .gqa import load_gqa_sgg, read_gqa_classes, register_gqa_sgg
 from .mapper import SGGDatasetMapper, sample_one_predicate_per_pair
 from .oi import load_oi_sgg, read_oi_classes, register_oi_sgg
 from .sgg_json import load_sgg_json, read_sgg_json_classes, register_sgg_json
+from .transfer import CompactTransfer
 from .vg import load_vg_sgg, read_vg_classes, register_vg_sgg
 
 __all__ = [
+    "CompactTransfer",
     "DatasetFormatError",
     "SGGDatasetMapper",
     "filter_images_without_overlapping_pairs",

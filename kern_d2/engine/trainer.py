@@ -26,7 +26,7 @@ from detectron2.utils.logger import setup_logger
 
 from kern_d2.checkpoint import SGGCheckpointer
 from kern_d2.config import add_kern_config
-from kern_d2.data import SGGDatasetMapper, filter_images_without_overlapping_pairs
+from kern_d2.data import CompactTransfer, SGGDatasetMapper, filter_images_without_overlapping_pairs
 from kern_d2.evaluation import SceneGraphEvaluator
 from kern_d2.solver import build_sgg_optimizer
 from kern_d2.modeling.untrained_detector import (
@@ -73,6 +73,13 @@ def wrap_for_distributed(model):
     on_gpu = any(p.device.type == "cuda" for p in model.parameters())
     device_ids = [comm.get_local_rank()] if on_gpu else None
     return create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+
+
+def _worker_mapper(cfg, is_train: bool):
+    """The SGG mapper, wrapped in ``CompactTransfer`` when the loader has worker processes (one shared-memory block
+    per image instead of five: the main process opens them one by one, and the step waited for that)."""
+    mapper = SGGDatasetMapper(cfg, is_train=is_train)
+    return CompactTransfer(mapper) if cfg.DATALOADER.NUM_WORKERS > 0 else mapper
 
 
 class SGGTrainer(DefaultTrainer):
@@ -144,13 +151,13 @@ class SGGTrainer(DefaultTrainer):
         dataset = [d for name in cfg.DATASETS.TRAIN for d in DatasetCatalog.get(name)]
         if cfg.DATASETS.SGG.FILTER_NON_OVERLAP:
             dataset = filter_images_without_overlapping_pairs(dataset)
-        return build_detection_train_loader(cfg, dataset=dataset, mapper=SGGDatasetMapper(cfg, is_train=True))
+        return build_detection_train_loader(cfg, dataset=dataset, mapper=_worker_mapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         if not is_sgg_model(cfg):
             return super().build_test_loader(cfg, dataset_name)
-        return build_detection_test_loader(cfg, dataset_name, mapper=SGGDatasetMapper(cfg, is_train=False))
+        return build_detection_test_loader(cfg, dataset_name, mapper=_worker_mapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
