@@ -21,7 +21,8 @@
 #                    13 steps each                                                                     ~2 min
 #   infer            bench_sgdet_inference.py: Detectron2-default detector (0.7 s a batch),
 #                    reference detector, KERN x 4 settings, 13 calls each                              ~1.7 min
-#   loading          bench_data_loading.py: 300 VG-sized JPEGs, 2 passes, workers 0,1,2,4,8            ~40 s
+#   loading          bench_data_loading.py: 300 VG-sized JPEGs, 2 passes, workers 0,1,2,4,8, each
+#                    plain and with CompactTransfer                                                  ~80 s
 #   toy              3 toy KERN trainings (PredCls/SGCls/SGDet), 5 bf16 steps each                     ~2.5 min
 #   profile          routing (relation, fused gate) + step + infer (chunk 4096) with --profile         ~4 min
 #   study            tools/run_study.py on the synth benchmark ($STUDY_ARGS, default: all modes, models and
