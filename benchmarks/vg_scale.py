@@ -397,7 +397,7 @@ class VGScaleRun:
                     k: v for k, v in json.load(f)["metrics"].items() if re.fullmatch(r"(ng-)?m?R@(50|100)", k)}
             self.save()
 
-    def evaluate(self, name: str, all_pairs: bool = False):
+    def evaluate(self, name: str):
         """``--eval-only`` on vg150_test: SGDet (``name`` overlap / all_pairs) or the detector alone (detector)."""
         a = self.args
         output_dir = os.path.join(a.workdir, f"output/vg_eval_{name}")
@@ -406,7 +406,7 @@ class VGScaleRun:
         opts = ["MODEL.WEIGHTS", f"{OUTPUT_DIRS[phase]}/model_final.pth", "OUTPUT_DIR", output_dir]
         if phase == "detector":
             opts += ["DATASETS.TEST", "('vg150_test',)"]
-        if all_pairs:
+        if name == "all_pairs":
             opts += ["MODEL.ROI_RELATION_HEAD.REQUIRE_OVERLAP", "False"]
         output = self.tool(f"eval_{name}", "train_net.py", "--config-file", os.path.join(ROOT, CONFIGS[phase]),
                            "--eval-only", *opts, *self.smoke_opts)
@@ -456,7 +456,7 @@ class VGScaleRun:
         # Over the test split, the costliest first: SGDet with all pairs, the detector alone on the same images
         # (side by side, for the throughput ratio); PredCls with 8 loader workers; SGDet with overlapping pairs
         # (the default).
-        self.evaluate("all_pairs", all_pairs=True)
+        self.evaluate("all_pairs")
         self.evaluate("detector")
         self.loader_check(workers=8)
         self.evaluate("overlap")
