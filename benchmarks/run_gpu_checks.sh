@@ -36,9 +36,10 @@
 #                    SGCls and SGDet 300 iterations each (at the configs' batches), then --eval-only on >= 2,000
 #                    test images: SGDet with all pairs, the detector alone (side by side, for the throughput
 #                    ratio), PredCls with 8 loader workers, SGDet with overlapping pairs. H200: 5 min at 1,500 +
-#                    1,000 images and 100 iterations a phase; ~9 min at the defaults: set VG_SCALE_BUDGET_S
-#                    (default 480 s) to the call's limit less the setup and it cuts training iterations (not
-#                    below 50) to fit
+#                    1,000 images and 100 iterations a phase (without the detector-alone and 8-worker steps);
+#                    ~11 min with 2,200 test images on a slow machine start, more than a call: use vg-scale-1
+#                    then vg-scale-2. VG_SCALE_BUDGET_S (default 480 s) cuts training iterations (not below 50)
+#                    so that the rest fits
 #   vg-scale-1/-2    the same in two calls: part 1 up to SGCls, part 2 SGDet and the evaluations; part 2
 #                    needs part 1's state in output/ and datasets/ (the same warm machine: call at once),
 #                    else redoes part 1 small first

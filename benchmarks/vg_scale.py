@@ -2,7 +2,8 @@
 """The Visual Genome path at VG scale, on the stand-in: the commands a VG user runs, timed, in two parts.
 
     python benchmarks/vg_scale.py --part 1 --out $OUT     # stand-in, detector, priors, PredCls, SGCls
-    python benchmarks/vg_scale.py --part 2 --out $OUT     # SGDet, --eval-only SGDet (overlapping / all pairs)
+    python benchmarks/vg_scale.py --part 2 --out $OUT     # SGDet, the evaluations, PredCls with 8 loader workers
+    python benchmarks/vg_scale.py --part loader --out $OUT  # only PredCls at each of --loader-workers
     python benchmarks/vg_scale.py --part all --smoke --workdir /tmp/vg_smoke --out /tmp/vg_smoke/out   # check
 
 Every step runs a project tool as a VG user would, from ``--workdir`` (the configs' relative paths resolve there:
@@ -30,7 +31,7 @@ Part 2 needs part 1's checkpoints in ``--workdir``. When they are gone (a fresh 
 small (fewer images and iterations, marked ``"redone"`` in the JSON) and trains SGDet for fewer iterations.
 Results: ``<out>/vg_scale.json`` (merged over the parts run in the same workdir; written after every step, so a
 killed run keeps what it measured) and ``<out>/vg_scale.log``; the SGDet evaluations' ``sgg_metrics.json`` and
-plots are copied to ``<out>`` too (7 files in all).
+plots are copied to ``<out>`` too.
 """
 import argparse
 import glob
@@ -451,7 +452,7 @@ class VGScaleRun:
             self.part1(redo=True)
             iters = a.redo_kern_iters
         evaluations = ("all_pairs", "detector", "overlap")
-        loader_check_s = STARTUP_S + self.state["steps"].get("predcls", {}).get("wall_s", 0)
+        loader_check_s = self.state["steps"].get("predcls", {}).get("wall_s", STARTUP_S)  # PredCls, once more
         self.kern("sgdet", self.fit_iters("sgdet", iters, sum(map(self.eval_s, evaluations)) + loader_check_s))
         # Over the test split, the costliest first: SGDet with all pairs, the detector alone on the same images
         # (side by side, for the throughput ratio); PredCls with 8 loader workers; SGDet with overlapping pairs
