@@ -43,8 +43,32 @@ def add_kern_config(cfg):
     rel.PRIORS_FILE = ""
     # Object routing (SGCls/SGDet); off = object logits from the detector's box head (ablation).
     rel.USE_OBJECT_ROUTING = True
-    # The released KERN code reuses U_z in the reset gate; True reproduces that.
+    # Which KERN: "kern_d2" (this project's choices, the default) or "released" (the model of KERN's released code,
+    # yuweihao/KERN on neural-motifs). VARIANT sets every point below that is left empty; a non-empty key overrides
+    # it, so that each point can be measured alone (README "KERN as released vs kern_d2"; resolve_variant()).
+    rel.VARIANT = "kern_d2"
+    # Predicate and co-occurrence prior construction the model expects of its priors file: "kern_d2" | "released"
+    # (tools/compute_priors.py --released). A file made the other way is refused.
+    rel.PRIOR_CONSTRUCTION = ""
+    # Relation routing messages: "untied" (predicate nodes [m; 0], subject/object [0; m]) | "tied" ([m; m] for every
+    # node, the released code's A_out == A_in).
+    rel.RELATION_MESSAGE = ""
+    # GGNN reset gate of both routings: "separate" (U_r) | "shared" (reuses U_z, as the released code does).
+    rel.RESET_GATE = ""
+    # Legacy switch, kept for old configs: True = RESET_GATE "shared".
     rel.RELEASED_CODE_GATE = False
+    # Object features of the relation part: "frozen" (the detector's box head) | "finetuned" (a trainable copy of
+    # it with dropout, at SOLVER.FC_LR_FACTOR, as the released code fine-tunes VGG's fc6/fc7).
+    rel.OBJECT_FEATURES = ""
+    # Union feature: "kern_d2" (binary masks, convs without BN, the box head's 2-fc head) | "released" (soft area
+    # masks - 0.5, conv-ReLU-BN stack, fc6 -> ReLU -> dropout -> fc7 without a final ReLU).
+    rel.UNION_FEATURE = ""
+    # Object routing over the C classes ("off") or C + 1 with a background node ("on": the released code routes over
+    # VG's 151 classes with background; its prior edges are 0, its logit is the last column, never predicted).
+    rel.OBJECT_ROUTING_BACKGROUND = ""
+    # SGDet pipeline: "kern_d2" | "released" (background class in the object routing, per-class NMS on the routed
+    # scores, the released pair assignment: 64 pairs per image, <= 16 foreground).
+    rel.SGDET_PIPELINE = ""
     # How the relation routing's elementwise GGNN gate arithmetic runs: "fused" (kern_d2._C kernels, CPU and
     # CUDA), "eager" (plain PyTorch ops), "compile" (the whole routing, gates in PyTorch ops, under torch.compile:
     # the fastest on CUDA, after a compile of tens of seconds per new input size), or "auto": fused on CUDA, eager
@@ -88,6 +112,11 @@ def add_kern_config(cfg):
 
     # "SGD" (Detectron2's) or "ADAM" (KERN's released code trains its relation part with Adam; see kern_d2/solver.py).
     cfg.SOLVER.OPTIMIZER = "SGD"
+    # Adam's eps; < 0 = from MODEL.ROI_RELATION_HEAD.VARIANT (kern_d2: 1e-8, torch's default; released: 1e-3).
+    cfg.SOLVER.ADAM_EPS = -1.0
+    # Learning-rate factor of the fine-tuned fc copies (union fc head, object fc head); < 0 = from VARIANT
+    # (kern_d2: 1.0; released: 0.1, the released code's "lr / 10 on the fc layers").
+    cfg.SOLVER.FC_LR_FACTOR = -1.0
 
     # Mixed precision of Detectron2's AMPTrainer (SOLVER.AMP.ENABLED): "float16" (its default) or "bfloat16".
     cfg.SOLVER.AMP.PRECISION = "float16"
@@ -104,3 +133,43 @@ def add_kern_config(cfg):
     cfg.TEST.AMP.ENABLED = False
     cfg.TEST.AMP.PRECISION = "bfloat16"
     return cfg
+
+
+# Every point where the released KERN code and kern_d2 differ: key -> (kern_d2 value, released value, allowed values).
+VARIANT_POINTS = {
+    "PRIOR_CONSTRUCTION": ("kern_d2", "released", ("kern_d2", "released")),
+    "RELATION_MESSAGE": ("untied", "tied", ("untied", "tied")),
+    "RESET_GATE": ("separate", "shared", ("separate", "shared")),
+    "OBJECT_FEATURES": ("frozen", "finetuned", ("frozen", "finetuned")),
+    "UNION_FEATURE": ("kern_d2", "released", ("kern_d2", "released")),
+    "OBJECT_ROUTING_BACKGROUND": ("off", "on", ("off", "on")),
+    "SGDET_PIPELINE": ("kern_d2", "released", ("kern_d2", "released")),
+}
+VARIANTS = ("kern_d2", "released")
+# SOLVER keys set by the variant when negative: key -> (kern_d2 value, released value).
+VARIANT_SOLVER_POINTS = {"ADAM_EPS": (1e-8, 1e-3), "FC_LR_FACTOR": (1.0, 0.1)}
+
+
+def resolve_variant(cfg) -> dict:
+    """The effective value of every variant point of ``cfg``: an explicit key wins, else ``VARIANT``'s value.
+
+    Returns a dict with the keys of :data:`VARIANT_POINTS` (strings) and of :data:`VARIANT_SOLVER_POINTS` (floats).
+    Raises ``ValueError`` naming the key on an unknown value.
+    """
+    rel = cfg.MODEL.ROI_RELATION_HEAD
+    variant = rel.VARIANT
+    if variant not in VARIANTS:
+        raise ValueError(f"MODEL.ROI_RELATION_HEAD.VARIANT must be one of {VARIANTS}, got {variant!r}")
+    column = VARIANTS.index(variant)
+    resolved = {}
+    for key, (*values, allowed) in VARIANT_POINTS.items():
+        value = rel.get(key, "") or values[column]
+        if key == "RESET_GATE" and not rel.get(key, "") and rel.get("RELEASED_CODE_GATE", False):
+            value = "shared"
+        if value not in allowed:
+            raise ValueError(f"MODEL.ROI_RELATION_HEAD.{key} must be one of {allowed} (or empty), got {value!r}")
+        resolved[key] = value
+    for key, values in VARIANT_SOLVER_POINTS.items():
+        value = float(cfg.SOLVER.get(key, -1.0))
+        resolved[key] = value if value >= 0 else values[column]
+    return resolved

@@ -1,6 +1,8 @@
-"""Literal implementations of KERN's two routings, written straight from the equations with the weights of an
+"""Literal implementations of KERN's two routings *as kern_d2 reads the paper* (VARIANT "kern_d2": untied messages
+``[m ; 0]`` / ``[0 ; m]``, no background node), written straight from the equations with the weights of an
 ``ObjectRouting`` / ``RelationRouting`` module. Used by the tests (as the reference) and by
 benchmarks/bench_routing.py (as the baseline). Nothing here exploits the structure the modules exploit.
+The released code's routings have their own port: tests/released_port_routing.py.
 """
 from typing import Dict, List
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kern_d2.config import resolve_variant
+
 from .ggnn import GatedGraphUpdate
 
 __all__ = ["ObjectRouting"]
@@ -41,7 +43,7 @@ def _image_index(
 
 
 class ObjectRouting(nn.Module):
-    """Object logits [N, C] from object features [N, input_dim] and the co-occurrence prior [C, C].
+    """Object logits [N, C] (or [N, C + 1], see ``background_node``) from object features [N, input_dim] and the co-occurrence prior [C, C].
 
     Args:
         input_dim: size of the object features.
@@ -50,6 +52,8 @@ class ObjectRouting(nn.Module):
         output_dim: size of each node's output o = ReLU(W_o [h_T ; f_i]).
         num_steps: T, the number of propagation steps.
         released_code_gate: reuse U_z in the reset gate, as KERN's released code does.
+        background_node: route over C + 1 nodes, the last one a background class whose prior edges are 0 (the
+            released code routes over VG's 151 classes, background included); the logits are then [N, C + 1].
     """
 
     def __init__(
@@ -60,8 +64,12 @@ class ObjectRouting(nn.Module):
         output_dim: int = 512,
         num_steps: int = 3,
         released_code_gate: bool = False,
+        background_node: bool = False,
     ):
         super().__init__()
+        self.num_foreground = num_classes
+        self.background_node = background_node
+        num_classes = num_classes + int(background_node)
         self.num_classes = num_classes
         self.hidden_dim = hidden_dim
         self.num_steps = num_steps
@@ -74,13 +82,15 @@ class ObjectRouting(nn.Module):
     def from_config(cls, cfg, input_dim: int) -> dict:
         """Constructor arguments from a config with kern_d2's keys (``ObjectRouting(**from_config(cfg, d))``)."""
         rel = cfg.MODEL.ROI_RELATION_HEAD
+        variant = resolve_variant(cfg)
         return {
             "input_dim": input_dim,
             "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "hidden_dim": rel.HIDDEN_DIM,
             "output_dim": rel.OUTPUT_DIM,
             "num_steps": rel.NUM_STEPS,
-            "released_code_gate": rel.RELEASED_CODE_GATE,
+            "released_code_gate": variant["RESET_GATE"] == "shared",
+            "background_node": variant["OBJECT_ROUTING_BACKGROUND"] == "on",
         }
 
     def _messages(self, h: torch.Tensor, image_index: torch.Tensor, num_images: int, mixing: torch.Tensor):
@@ -105,11 +115,13 @@ class ObjectRouting(nn.Module):
         Args:
             obj_features: [N, input_dim], the objects of all images of the batch.
             image_index: int64 [N], the image of each object, or a list with the number of objects per image.
-            cooccurrence: [C, C] object co-occurrence prior.
+            cooccurrence: [C, C] object co-occurrence prior (foreground classes).
             num_images: number of images when ``image_index`` is a tensor (else derived from it with one sync).
         Returns:
-            object logits [N, C].
+            object logits [N, C], or [N, C + 1] (background last) with ``background_node``.
         """
+        if self.background_node:
+            cooccurrence = F.pad(cooccurrence, (0, 1, 0, 1))  # the background node has no prior edges
         n, c, d = obj_features.shape[0], self.num_classes, self.hidden_dim
         if obj_features.dim() != 2 or obj_features.shape[1] != self.input_proj.in_features:
             raise ValueError(

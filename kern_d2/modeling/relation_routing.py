@@ -5,6 +5,9 @@ Edges s -> k and o -> k weigh a_k = A_rel[label_s, label_o, k]. With messages [M
     predicate k:        [ a_k (h_s + h_o) ; 0 ]
     subject and object: [ 0 ; sum_k a_k h_k ]
 
+KERN's released code ties the two halves instead (``tied_message``): every node gets ``[m ; m]`` with its m above
+("A_out == A_in"), so W [m ; m] = (W_in + W_out) m and both kinds of node use the summed weight.
+
 The structure makes the W a terms cheap: for predicate nodes W [a_k m ; 0] = a_k (W_in m), one matmul per pair
 scaled per node; subject and object get the same message, one weighted sum and one matmul per pair. Only the
 U h terms are computed per node.
@@ -15,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kern_d2.config import resolve_variant
 from kern_d2.layers.cuda_graphs import GraphedRowFunction
 
 from .ggnn import GATE_IMPLS as UPDATE_GATE_IMPLS
@@ -36,6 +40,8 @@ class RelationRouting(nn.Module):
         output_dim: size of each node's output o = ReLU(W_o [h_T ; h_0]).
         num_steps: T, the number of propagation steps.
         released_code_gate: reuse U_z in the reset gate, as KERN's released code does.
+        tied_message: every node's message is ``[m ; m]`` (the released code) instead of ``[m ; 0]`` for predicate
+            nodes and ``[0 ; m]`` for the subject and object.
         gate_impl: how the GGNN's elementwise gate arithmetic runs ("auto", "fused", "eager"; see
             :mod:`kern_d2.modeling.ggnn`), or "compile": the whole routing (its GEMMs and the PyTorch gate
             arithmetic) under ``torch.compile``, which fuses the gates into generated Triton kernels on CUDA (the
@@ -56,8 +62,10 @@ class RelationRouting(nn.Module):
         released_code_gate: bool = False,
         gate_impl: str = "auto",
         inference_cuda_graphs: bool = False,
+        tied_message: bool = False,
     ):
         super().__init__()
+        self.tied_message = tied_message
         self.inference_cuda_graphs = inference_cuda_graphs
         self._graphed_route = None  # built at the first graphed call
         self.num_predicates = num_predicates
@@ -79,6 +87,7 @@ class RelationRouting(nn.Module):
     def from_config(cls, cfg, obj_dim: int, union_dim: int) -> dict:
         """Constructor arguments from a config with kern_d2's keys (``RelationRouting(**from_config(cfg, ...))``)."""
         rel = cfg.MODEL.ROI_RELATION_HEAD
+        variant = resolve_variant(cfg)
         if rel.GATE_IMPL not in GATE_IMPLS:
             raise ValueError(f"MODEL.ROI_RELATION_HEAD.GATE_IMPL must be one of {GATE_IMPLS}, got {rel.GATE_IMPL!r}")
         return {
@@ -88,9 +97,10 @@ class RelationRouting(nn.Module):
             "hidden_dim": rel.HIDDEN_DIM,
             "output_dim": rel.OUTPUT_DIM,
             "num_steps": rel.NUM_STEPS,
-            "released_code_gate": rel.RELEASED_CODE_GATE,
+            "released_code_gate": variant["RESET_GATE"] == "shared",
             "gate_impl": rel.GATE_IMPL,
             "inference_cuda_graphs": rel.INFERENCE_CUDA_GRAPHS,
+            "tied_message": variant["RELATION_MESSAGE"] == "tied",
         }
 
     def _check_inputs(self, subj_features, obj_features, union_features, edge_weights):
@@ -170,6 +180,8 @@ class RelationRouting(nn.Module):
         # Weight slices used at every step, cast once to the compute dtype (autocast would cast them at every use).
         w_incoming = self.update.message_weight(slice(0, d)).to(h_pred_0.dtype)  # [3D, D]
         w_outgoing = self.update.message_weight(slice(d, 2 * d)).to(h_pred_0.dtype)
+        if self.tied_message:  # W [m ; m] = (W_in + W_out) m for every node
+            w_incoming = w_outgoing = w_incoming + w_outgoing
 
         h_so, h_pred = h_so_0, h_pred_0  # h_pred broadcasts over the P nodes until the first update
         pred_sum = weights.sum(dim=1, keepdim=True) * h_pred_0[:, 0]  # [R, D]: sum_k a_k h_k
