@@ -17,6 +17,7 @@ from kern_d2.evaluation.study import (
     plan_runs,
     scaled_schedule,
     summarize,
+    uses_released_priors,
     variant_models,
     write_report,
     write_study_report,
@@ -249,3 +250,25 @@ def test_merge_refuses_clashing_runs_and_different_data():
         merge_studies([study, other], ["a.json", "b.json"])
     with pytest.raises(ValueError, match="c.json: not a study.json"):
         merge_studies([study, {"claims": []}], ["a.json", "c.json"])
+
+
+def _by_model(**values):
+    return {"sgcls": {m: {"metrics": {"mR@50": summarize(v)}} for m, v in values.items()}}
+
+
+def test_fidelity_models_are_compared_in_the_direction_of_their_gap():
+    # The released form ahead: the claim names it first; kern_d2 ahead: kern first. Hand numbers: gaps 10 and 3.
+    claims = make_claims(_by_model(kern=[50, 51, 52], kern_tied_message=[60, 61, 62], kern_released=[47, 48, 49]))
+    by_name = {(c["model"], c["baseline"]): c for c in claims}
+    ahead = by_name[("kern_tied_message", "kern")]
+    assert ahead["gap"] == pytest.approx(10.0) and ahead["shown"]
+    assert ahead["verdict"] == "kern_tied_message ahead by > 2 pooled std"
+    behind = by_name[("kern", "kern_released")]
+    assert behind["gap"] == pytest.approx(3.0) and behind["verdict"] == "KERN ahead by > 2 pooled std"
+
+
+def test_released_priors_follow_the_resolved_construction():
+    assert uses_released_priors({"VARIANT": "released"})
+    assert uses_released_priors({"PRIOR_CONSTRUCTION": "released"})
+    assert not uses_released_priors({"VARIANT": "released", "PRIOR_CONSTRUCTION": "kern_d2"})
+    assert not uses_released_priors({"NAME": "KERN"})

@@ -31,7 +31,7 @@ QUICK_DETECTOR_ITER_FRACTION = 0.25
 
 
 def parse_args(argv=None):
-    from kern_d2.evaluation.study import MODELS, MODES, variant_models
+    from kern_d2.evaluation.study import FIDELITY_MODELS, MODELS, MODES, variant_models
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -39,7 +39,8 @@ def parse_args(argv=None):
                         f"{', '.join(DATASETS)}")
     parser.add_argument("--output", default="output/study")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS) + list(FIDELITY_MODELS),
+                        help="study models; the fidelity study's: " + ", ".join(FIDELITY_MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help=f"one seed, {QUICK_ITER_FRACTION:g} of the KERN "
                         f"config's iterations and {QUICK_DETECTOR_ITER_FRACTION:g} of the detector's "
@@ -138,7 +139,8 @@ def main(argv=None):
     import torch
 
     from kern_d2.evaluation.sgg_report import read_sgg_metrics
-    from kern_d2.evaluation.study import MODELS, plan_runs, scaled_schedule, variant_models, write_report
+    from kern_d2.evaluation.study import (FIDELITY_MODELS, MODELS, plan_runs, scaled_schedule, uses_released_priors,
+                                          variant_models, write_report)
     from kern_d2.utils.jobs import Job, JobRunner, format_duration
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -173,6 +175,17 @@ def main(argv=None):
     priors = os.path.join(out, "priors.npz")
     setup.append(Job("compute the priors", ["tools/compute_priors.py", "--dataset", f"{ds}_train", "--output", priors],
                      priors, os.path.join(logs, "priors.txt"), marker=os.path.join(out, "priors_job.json")))
+    # Models that ask for the released prior construction get their own priors file.
+    model_table = dict(MODELS, **FIDELITY_MODELS, **variant_models(args.variants))
+    studied = list(args.models) + list(args.variants)
+    released_priors = os.path.join(out, "priors_released.npz")
+    if any(uses_released_priors(model_table[m]["keys"]) for m in studied):
+        setup.append(Job("compute the released priors", ["tools/compute_priors.py", "--dataset", f"{ds}_train",
+                                                         "--released", "--output", released_priors],
+                         released_priors, os.path.join(logs, "priors_released.txt"),
+                         marker=os.path.join(out, "priors_released_job.json")))
+        model_table = {name: dict(spec, keys=dict(spec["keys"], PRIORS_FILE=released_priors))
+                       if uses_released_priors(spec["keys"]) else spec for name, spec in model_table.items()}
     for job in setup:
         if JobRunner(ROOT, env, fresh=args.fresh, prefix="[study]").run([job]):
             sys.exit(f"[study] {job.name} failed; the study needs it")
@@ -182,11 +195,11 @@ def main(argv=None):
     # The study's runs, up to --jobs at once.
     kern_iters = args.iters or (quick_iters(args.kern_config, QUICK_ITER_FRACTION) if args.quick else None)
     runs = plan_runs(
-        args.kern_config, out, args.modes, list(args.models) + list(args.variants), args.seeds,
+        args.kern_config, out, args.modes, studied, args.seeds,
         common=["MODEL.WEIGHTS", detector, "MODEL.ROI_RELATION_HEAD.PRIORS_FILE", priors, "MODEL.DEVICE", device,
                 "DATASETS.TEST", f"('{test_dataset}',)"],
         schedule=scaled_schedule(solver_of(args.kern_config), kern_iters) if kern_iters else [],
-        extra=args.opts, model_table=dict(MODELS, **variant_models(args.variants)))
+        extra=args.opts, model_table=model_table)
     workers = ["DATALOADER.NUM_WORKERS", str(max(1, cpus // args.jobs))]
     jobs = [Job(run.name, run.argv, os.path.join(run.output_dir, "inference", test_dataset, "sgg_metrics.json"),
                 os.path.join(run.output_dir, "study_log.txt"), marker=os.path.join(run.output_dir, "study_job.json"),

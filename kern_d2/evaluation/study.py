@@ -16,9 +16,9 @@ from tabulate import tabulate
 from .sgg_report import new_figure, save_figure, write_json
 
 __all__ = [
-    "MODELS", "MODES", "MODE_TITLES", "STUDY_METRICS", "StudyRun", "aggregate", "compare", "make_claims",
+    "FIDELITY_MODELS", "MODELS", "MODES", "MODE_TITLES", "STUDY_METRICS", "StudyRun", "aggregate", "compare", "make_claims",
     "markdown_report", "mode_overrides", "model_overrides", "models_of_mode", "plan_runs", "plot_metric_by_model",
-    "plot_per_predicate_comparison", "summarize", "scaled_schedule", "variant_models", "write_report",
+    "plot_per_predicate_comparison", "summarize", "scaled_schedule", "uses_released_priors", "variant_models", "write_report",
     "write_study_report", "merge_studies",
 ]
 
@@ -40,6 +40,25 @@ MODELS = {
     "kern_uniform": {"keys": {"NAME": "KERN", "USE_PRIORS": False}},
     "kern_no_obj_routing": {"keys": {"NAME": "KERN", "USE_OBJECT_ROUTING": False}, "modes": ("sgcls", "sgdet")},
 }
+
+
+# The fidelity study (STUDY.md "Fidelity"): KERN as released against kern_d2's default ("kern"), and each deviation
+# of kern_d2 from the released code switched to the released form alone. Keys as MODELS'.
+FIDELITY_MODELS = {
+    "kern_released": {"keys": {"NAME": "KERN", "VARIANT": "released"}},
+    "kern_released_prior": {"keys": {"NAME": "KERN", "PRIOR_CONSTRUCTION": "released"}},
+    "kern_tied_message": {"keys": {"NAME": "KERN", "RELATION_MESSAGE": "tied"}},
+    "kern_finetuned_fc": {"keys": {"NAME": "KERN", "OBJECT_FEATURES": "finetuned", "SOLVER.FC_LR_FACTOR": 0.1}},
+    "kern_released_union": {"keys": {"NAME": "KERN", "UNION_FEATURE": "released"}},
+    "kern_released_sgdet": {"keys": {"NAME": "KERN", "SGDET_PIPELINE": "released", "OBJECT_ROUTING_BACKGROUND": "on"},
+                            "modes": ("sgdet",)},
+}
+
+
+def uses_released_priors(keys: Dict[str, object]) -> bool:
+    """Whether a model's keys ask for priors of the released construction (``tools/compute_priors.py --released``)."""
+    construction = str(keys.get("PRIOR_CONSTRUCTION", "") or "")
+    return construction == "released" or (not construction and keys.get("VARIANT") == "released")
 
 
 def mode_overrides(mode: str) -> List[str]:
@@ -66,7 +85,7 @@ def models_of_mode(models: Sequence[str], mode: str, model_table: Dict[str, dict
 
 def variant_models(variants: Dict[str, Dict[str, object]]) -> Dict[str, dict]:
     """Entries of a model table for extra KERN variants: {name: {key: value}} (keys as :func:`model_overrides`)."""
-    clash = sorted(set(variants) & set(MODELS))
+    clash = sorted(set(variants) & (set(MODELS) | set(FIDELITY_MODELS)))
     if clash:
         raise ValueError(f"variant names {clash} are study models already")
     return {name: {"keys": dict({"NAME": "KERN"}, **keys)} for name, keys in variants.items()}
@@ -171,7 +190,7 @@ def _predicate_row(run: dict, name: str) -> dict:
     raise KeyError(f"predicate {name!r} missing from the per-predicate recalls of {run.get('dataset')}")
 
 
-def compare(first: Sequence[float], second: Sequence[float]) -> dict:
+def compare(first: Sequence[float], second: Sequence[float], first_name: str = "KERN") -> dict:
     """Is ``first`` ahead of ``second`` (per-seed values of one metric) by more than the spread?
 
     gap = mean(first) - mean(second); pooled std = sqrt((s1^2 + s2^2) / 2); the claim is shown when the gap is more
@@ -195,18 +214,24 @@ def compare(first: Sequence[float], second: Sequence[float]) -> dict:
         reason = ""
     return {"first": a["mean"], "second": b["mean"], "gap": gap, "pooled_std": pooled, "gap_over_pooled_std": ratio,
             "largest_seed_difference": seed_spread, "shown": not reason, "reason": reason,
-            "verdict": "KERN ahead by > 2 pooled std" if not reason else "not shown"}
+            "verdict": f"{first_name} ahead by > 2 pooled std" if not reason else "not shown"}
 
 
 def make_claims(study: dict, metric: str = CLAIM_METRIC, baselines: Sequence[str] = ("vrfc", "kern_uniform")) -> list:
-    """KERN against each of ``baselines`` on ``metric``, in every mode where both were run."""
+    """KERN against each of ``baselines`` on ``metric``, in every mode where both were run. A fidelity model
+    (:data:`FIDELITY_MODELS`) that is run is compared too, in the direction of its gap: either form may be ahead."""
     claims = []
     for mode, by_model in study.items():
-        for baseline in baselines:
-            if "kern" in by_model and baseline in by_model:
-                claim = compare(by_model["kern"]["metrics"][metric]["values"],
-                                by_model[baseline]["metrics"][metric]["values"])
-                claims.append(dict({"mode": mode, "model": "kern", "baseline": baseline, "metric": metric}, **claim))
+        for baseline in list(baselines) + [m for m in FIDELITY_MODELS if m not in baselines]:
+            if "kern" not in by_model or baseline not in by_model:
+                continue
+            first, second = "kern", baseline
+            kern_values, other_values = (by_model[m]["metrics"][metric]["values"] for m in (first, second))
+            if baseline in FIDELITY_MODELS and summarize(other_values)["mean"] > summarize(kern_values)["mean"]:
+                first, second = baseline, "kern"
+            claim = compare(by_model[first]["metrics"][metric]["values"], by_model[second]["metrics"][metric]["values"],
+                            first_name="KERN" if first == "kern" else first)
+            claims.append(dict({"mode": mode, "model": first, "baseline": second, "metric": metric}, **claim))
     return claims
 
 
@@ -269,11 +294,11 @@ def markdown_report(study: dict, claims: list, header: Dict[str, str], failed: S
     lines += ["## Claims", "",
               "KERN against a baseline on mR@50. pooled std = sqrt((s1² + s2²) / 2). A claim is made only when "
               "the gap is more than 2 pooled std and no two seeds of either model differ by more than the gap.", ""]
-    rows = [[MODE_TITLES.get(c["mode"], c["mode"]), f"kern vs {c['baseline']}", f"{c['first']:.2f}",
+    rows = [[MODE_TITLES.get(c["mode"], c["mode"]), f"{c.get('model', 'kern')} vs {c['baseline']}", f"{c['first']:.2f}",
              f"{c['second']:.2f}", f"{c['gap']:+.2f}", f"{c['pooled_std']:.2f}", _number(c["gap_over_pooled_std"]),
              f"{c['largest_seed_difference']:.2f}", c["verdict"] + (f" ({c['reason']})" if c["reason"] else "")]
             for c in claims]
-    lines += [tabulate(rows, headers=["mode", "comparison", "KERN", "baseline", "gap", "pooled std",
+    lines += [tabulate(rows, headers=["mode", "comparison", "first", "second", "gap", "pooled std",
                                       "gap / pooled std", "largest seed difference", "verdict"],
                        tablefmt="pipe", stralign="left", disable_numparse=True) if rows else "(no claim: KERN and "
               "its baselines were not all run)", ""]
