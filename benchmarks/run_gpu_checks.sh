@@ -52,6 +52,8 @@
 # `all` runs every target but the vg-scale ones (~19 min: more than one call allows).
 # vg-scale sizes: VG_SCALE_<SIZE> (e.g. VG_SCALE_DETECTOR_ITERS, VG_SCALE_KERN_ITERS, VG_SCALE_TEST_IMAGES; see
 # benchmarks/vg_scale.py), VG_SCALE_BUDGET_S (training iterations are cut so that the rest fits).
+# STUDY_OUTPUT (default /tmp/study): the study's folder on the machine, packed as $OUT/<its name>.tgz; studies of
+# several calls on one warm machine may share it (finished runs are reused) or use one each.
 # STUDY_TIMEOUT_S (default 480 s, a call of 600 s less the setup): the study stops then, and what finished is
 # still packed into $OUT/study.tgz (a call killed at its limit returns nothing of a run still going).
 # Environment: STEP_IMAGES_PER_S (loading: images/s per GPU the training step consumes; default 48, the KERN SGDet
@@ -125,10 +127,12 @@ for target in "${selected[@]}"; do
       run toy toy_training ;;
     study)
       # shellcheck disable=SC2086
+      study_dir=${STUDY_OUTPUT:-/tmp/study}
       run study timeout "${STUDY_TIMEOUT_S:-480}" python3 tools/run_study.py --dataset synth --device cuda \
-        --output /tmp/study ${STUDY_ARGS:---jobs 16}
-      tar czf "$out/study.tgz" -C /tmp --exclude='*.pth' --exclude='events.out.*' study
-      [ -f /tmp/study/detector/model_final.pth ] && cp /tmp/study/detector/model_final.pth "$out/study_detector.pth" ;;
+        --output "$study_dir" ${STUDY_ARGS:---jobs 16}
+      tar czf "$out/$(basename "$study_dir").tgz" -C "$(dirname "$study_dir")" --exclude='*.pth' \
+        --exclude='events.out.*' "$(basename "$study_dir")"
+      [ -f "$study_dir/detector/model_final.pth" ] && cp "$study_dir/detector/model_final.pth" "$out/study_detector.pth" ;;
     vg-scale-1|vg-scale-2|vg-scale|vg-scale-loader|vg-scale-smoke)
       part=${target#vg-scale}; part=${part#-}
       case $part in "") args="--part all" ;; smoke) args="--part all --smoke --workdir /tmp/vg_scale_smoke" ;;

@@ -5,9 +5,15 @@ of a registered dataset into a .npz.
   python tools/compute_priors.py --dataset vg150_train --output datasets/vg/kern_priors_vg150.npz
   python tools/compute_priors.py --config-file configs/VG-KERN/kern_predcls.yaml   # cfg.DATASETS.TRAIN[0]
   python tools/compute_priors.py --dataset toy_train --per-box-pair --output toy_priors_box_pairs.npz
+  python tools/compute_priors.py --dataset vg150_train --released --output datasets/vg/kern_priors_vg150_released.npz
 
 Without --output the file goes to MODEL.ROI_RELATION_HEAD.PRIORS_FILE (with --config-file), else to the dataset
 metadata's ``priors_file``.
+
+--released builds the priors as KERN's released code does (its overlap-filtered training images, every overlapping
+box pair in the no-relation column, +1 on that column alone, its executed co-occurrence loop; see
+kern_d2.modeling.priors.compute_priors); models with MODEL.ROI_RELATION_HEAD.PRIOR_CONSTRUCTION released (or
+VARIANT released) need such a file, and the others refuse it.
 """
 import argparse
 import sys
@@ -26,8 +32,14 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default=None, help="registered dataset (default: cfg.DATASETS.TRAIN[0] with "
                         "--config-file, else toy_train)")
     parser.add_argument("--output", default=None, help="the .npz to write")
-    parser.add_argument("--per-box-pair", action="store_true",
-                        help="co-occurrence per ordered box pair (KERN's released code) instead of per class pair")
+    construction = parser.add_mutually_exclusive_group()
+    construction.add_argument("--per-box-pair", action="store_true",
+                              help="kern_d2 construction with co-occurrence per ordered box pair (the mean number of "
+                              "other j boxes in the image of an i box) instead of per class pair; this matches "
+                              "neither the executed nor the intended line of KERN's released code")
+    construction.add_argument("--released", action="store_true",
+                              help="the construction of KERN's released code (for PRIOR_CONSTRUCTION released); "
+                              "the file records it")
     parser.add_argument("--config-file", default="", metavar="FILE", help="take the dataset from this config")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
     return parser
@@ -106,14 +118,21 @@ def main(argv=None) -> str:
     dataset_dicts = DatasetCatalog.get(dataset)
     loaded = time.perf_counter()
     check_not_empty(dataset, dataset_dicts)
+    construction = "released" if args.released else "kern_d2"
     obj_cooccurrence, rel_prior = compute_priors(
-        dataset_dicts, len(thing_classes), len(predicate_classes), per_box_pair=args.per_box_pair
+        dataset_dicts, len(thing_classes), len(predicate_classes), per_box_pair=args.per_box_pair,
+        construction=construction,
     )
     predicate_counts = compute_predicate_counts(dataset_dicts, len(thing_classes), len(predicate_classes))
     computed = time.perf_counter()
-    save_priors(output, obj_cooccurrence, rel_prior, thing_classes, predicate_classes, predicate_counts)
+    save_priors(output, obj_cooccurrence, rel_prior, thing_classes, predicate_classes, predicate_counts,
+                construction=construction)
+    if args.released:
+        how = "released construction: KERN's released code"
+    else:
+        how = f"kern_d2 construction, co-occurrence {'per box pair' if args.per_box_pair else 'per class pair'}"
     print(f"dataset {dataset}: loaded in {loaded - start:.1f} s, priors computed in {computed - loaded:.1f} s "
-          f"({'per box pair' if args.per_box_pair else 'per class pair'})")
+          f"({how})")
     print(summarize(dataset_dicts, obj_cooccurrence, rel_prior, thing_classes, predicate_classes))
     print(f"wrote {output}")
     return output

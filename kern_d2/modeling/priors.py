@@ -5,8 +5,13 @@
   k = 0 ("no relation") the number of ordered pairs of overlapping gt boxes that carry no relation; +1 on every
   entry, then each (s, o) row normalised to sum 1.
 
+``compute_priors(..., construction="released")`` builds them instead as KERN's released code does
+(``prior_matrices/generate_knowledge.py`` of yuweihao/KERN over neural-motifs' VG loader); see ``compute_priors``.
+
 The .npz also holds ``predicate_counts`` [P] (``compute_predicate_counts``): the gt relation rows of each predicate,
 which the long-tail switches of :mod:`kern_d2.modeling.long_tail` need; files written before it existed still load.
+It records the construction in ``construction`` ("kern_d2" | "released"); files without it load as "kern_d2". A model
+refuses a file built otherwise than MODEL.ROI_RELATION_HEAD.PRIOR_CONSTRUCTION says (``KnowledgePriors.from_file``).
 
 They are saved as a pickle-free .npz (``save_priors``/``load_priors``) and held by ``KnowledgePriors`` as buffers, so
 that Detectron2 checkpoints carry them.
@@ -22,10 +27,24 @@ from torch import nn
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["compute_priors", "compute_predicate_counts", "save_priors", "load_priors", "KnowledgePriors"]
+from kern_d2.utils.file_modes import give_default_mode
+
+__all__ = [
+    "CONSTRUCTIONS", "RELEASED_BOX_SCALE", "compute_priors", "compute_predicate_counts", "save_priors",
+    "load_priors", "check_construction", "KnowledgePriors",
+]
 
 # Pair enumeration for column 0 runs over chunks of images holding about this many ordered box pairs.
 _PAIRS_PER_CHUNK = 1 << 21
+
+# How the priors were built: kern_d2's construction or that of KERN's released code (the npz field ``construction``).
+CONSTRUCTIONS = ("kern_d2", "released")
+# The released code tests overlap on the VG h5 boxes, at the scale where an image's longer side is 1024 pixels.
+RELEASED_BOX_SCALE = 1024.0
+# Intersections of at most this (in pixels of the box scale) count as none: boxes brought back to the 1024 scale
+# from the dicts' true-size coordinates miss the integer grid by rounding errors (~1e-13), and an intersection of
+# exactly 0 (adjacent boxes under the +1 convention) must not turn positive.
+_RELEASED_OVERLAP_EPS = 1e-6
 
 
 def _image_name(d: dict, index: int) -> str:
@@ -95,16 +114,13 @@ def _cooccurrence(classes, image_of_box, num_images, num_classes, per_box_pair) 
     return np.divide(numerator, denominator[:, None], out=np.zeros_like(numerator), where=denominator[:, None] > 0)
 
 
-def _unrelated_overlap_counts(classes, boxes, relations, boxes_per_image, num_classes) -> np.ndarray:
-    """[C, C] counts of ordered pairs of distinct boxes of one image that overlap (area > 0) and carry no relation."""
-    num_boxes = classes.shape[0]
-    counts = np.zeros(num_classes * num_classes, dtype=np.int64)
-    if num_boxes == 0:
-        return counts.reshape(num_classes, num_classes)
-    first_box = np.concatenate([[0], np.cumsum(boxes_per_image)[:-1]])
+def _ordered_box_pairs(boxes_per_image: np.ndarray):
+    """Yield (subj, obj) int64 arrays of global box indices: every ordered pair of distinct boxes of one image, in
+    chunks of about ``_PAIRS_PER_CHUNK`` pairs."""
+    num_boxes = int(boxes_per_image.sum())
+    first_box = np.concatenate([[0], np.cumsum(boxes_per_image)[:-1]]).astype(np.int64)
     image_of_box = np.repeat(np.arange(boxes_per_image.shape[0]), boxes_per_image)
     partners = boxes_per_image[image_of_box]  # candidate partners of each box: the boxes of its image
-    related = np.unique(relations[:, 0] * num_boxes + relations[:, 1])
     pair_end = np.cumsum(partners)
     start = 0
     while start < num_boxes:
@@ -116,7 +132,16 @@ def _unrelated_overlap_counts(classes, boxes, relations, boxes_per_image, num_cl
         group_first_pair = np.repeat(np.cumsum(partners[group]) - partners[group], partners[group])
         obj = first_box[image_of_box[subj]] + np.arange(subj.shape[0]) - group_first_pair
         keep = subj != obj
-        subj, obj = subj[keep], obj[keep]
+        yield subj[keep], obj[keep]
+        start = stop
+
+
+def _unrelated_overlap_counts(classes, boxes, relations, boxes_per_image, num_classes) -> np.ndarray:
+    """[C, C] counts of ordered pairs of distinct boxes of one image that overlap (area > 0) and carry no relation."""
+    num_boxes = classes.shape[0]
+    counts = np.zeros(num_classes * num_classes, dtype=np.int64)
+    related = np.unique(relations[:, 0] * num_boxes + relations[:, 1])
+    for subj, obj in _ordered_box_pairs(boxes_per_image):
         bs, bo = boxes[subj], boxes[obj]
         overlap = (np.minimum(bs[:, 2], bo[:, 2]) > np.maximum(bs[:, 0], bo[:, 0])) & (
             np.minimum(bs[:, 3], bo[:, 3]) > np.maximum(bs[:, 1], bo[:, 1])
@@ -128,19 +153,113 @@ def _unrelated_overlap_counts(classes, boxes, relations, boxes_per_image, num_cl
         counts += np.bincount(
             classes[subj[unrelated]] * num_classes + classes[obj[unrelated]], minlength=num_classes * num_classes
         )
-        start = stop
     return counts.reshape(num_classes, num_classes)
 
 
+def _released_box_factors(dataset_dicts: Sequence[dict], box_scale: Optional[float]) -> np.ndarray:
+    """[N] factor bringing each image's boxes to the released code's box scale (longer side ``box_scale``)."""
+    if box_scale is None:
+        return np.ones(len(dataset_dicts), dtype=np.float64)
+    factors = np.empty(len(dataset_dicts), dtype=np.float64)
+    for index, d in enumerate(dataset_dicts):
+        if not d.get("height") or not d.get("width"):
+            raise ValueError(
+                f"compute_priors(construction='released'): image {_image_name(d, index)} has no height/width, needed "
+                f"to bring its boxes to the released box scale (longer side {box_scale:g}); pass box_scale=None to "
+                "test overlap in the dicts' own coordinates"
+            )
+        factors[index] = float(box_scale) / max(float(d["height"]), float(d["width"]))
+    return factors
+
+
+def _released_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[K] bool: boxes a[k] and b[k] ([K, 4] XYXY) intersect under the +1-pixel convention of the released code's
+    ``bbox_overlaps`` (inclusive pixel coordinates: width min(x2) - max(x1) + 1 > 0, height likewise)."""
+    inter_w = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + 1.0
+    inter_h = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + 1.0
+    return (inter_w > _RELEASED_OVERLAP_EPS) & (inter_h > _RELEASED_OVERLAP_EPS)
+
+
+def _released_priors(dataset_dicts, num_classes, num_predicates, box_scale) -> Tuple[np.ndarray, np.ndarray]:
+    """float64 (obj_cooccurrence [C, C], rel_prior [C, C, P]) of the released construction (see compute_priors)."""
+    classes, boxes, relations, boxes_per_image = _gather(dataset_dicts, num_classes, num_predicates)
+    num_images = boxes_per_image.shape[0]
+    image_of_box = np.repeat(np.arange(num_images), boxes_per_image)
+    boxes = boxes * _released_box_factors(dataset_dicts, box_scale)[image_of_box][:, None]
+
+    # The training set of the VG loader (filter_non_overlap): relations between overlapping boxes, the images left
+    # with one. A box always overlaps itself, so a relation (i, i) stays.
+    relations = relations[_released_overlap(boxes[relations[:, 0]], boxes[relations[:, 1]])]
+    kept_image = np.zeros(num_images, dtype=bool)
+    kept_image[image_of_box[relations[:, 0]]] = True
+    box_kept = kept_image[image_of_box]
+    new_index = np.cumsum(box_kept) - 1
+    classes, boxes = classes[box_kept], boxes[box_kept]
+    relations = np.stack([new_index[relations[:, 0]], new_index[relations[:, 1]], relations[:, 2]], axis=1)
+    boxes_per_image = boxes_per_image[kept_image]
+    num_images = boxes_per_image.shape[0]
+    image_of_box = np.repeat(np.arange(num_images), boxes_per_image)
+    first_box = np.concatenate([[0], np.cumsum(boxes_per_image)[:-1]]).astype(np.int64)
+    cells = image_of_box * num_classes + classes
+    per_image = np.bincount(cells, minlength=num_images * num_classes).reshape(num_images, num_classes)
+    per_image = per_image.astype(np.float64)  # boxes of class c in image m
+    present = per_image > 0
+
+    # Co-occurrence, the executed line: with K = the image's number of distinct classes, every ordered pair of
+    # distinct positions among its FIRST K boxes adds 1 at (class, class) of those boxes; +1 on the diagonal per
+    # class with >= 2 instances; over the images containing the row's class.
+    first_k = (np.arange(classes.shape[0]) - first_box[image_of_box]) < present.sum(1)[image_of_box]
+    head = np.bincount(cells[first_k], minlength=num_images * num_classes).reshape(num_images, num_classes)
+    head = head.astype(np.float64)
+    numerator = head.T @ head
+    numerator[np.diag_indices(num_classes)] += (per_image >= 2).sum(0) - head.sum(0)
+    denominator = present.sum(0).astype(np.float64)
+    cooccurrence = np.divide(
+        numerator, denominator[:, None], out=np.zeros_like(numerator), where=denominator[:, None] > 0
+    )
+
+    # Predicate prior: every remaining relation row counts; column 0 = every ordered pair of distinct overlapping
+    # boxes (related or not), or every ordered pair of distinct boxes in an image without an overlapping pair; +1
+    # on column 0 alone; rows normalised.
+    relation_keys = (classes[relations[:, 0]] * num_classes + classes[relations[:, 1]]) * num_predicates
+    counts = np.bincount(relation_keys + relations[:, 2], minlength=num_classes * num_classes * num_predicates)
+    counts = counts.reshape(num_classes, num_classes, num_predicates).astype(np.float64)
+    background = np.zeros(num_classes * num_classes, dtype=np.int64)
+    overlaps_in_image = np.zeros(num_images, dtype=np.int64)
+    for subj, obj in _ordered_box_pairs(boxes_per_image):
+        overlap = _released_overlap(boxes[subj], boxes[obj])
+        subj, obj = subj[overlap], obj[overlap]
+        background += np.bincount(classes[subj] * num_classes + classes[obj], minlength=num_classes * num_classes)
+        overlaps_in_image += np.bincount(image_of_box[subj], minlength=num_images)
+    background = background.reshape(num_classes, num_classes).astype(np.float64)
+    fallback = per_image[overlaps_in_image == 0]
+    background += fallback.T @ fallback
+    background[np.diag_indices(num_classes)] -= fallback.sum(0)
+    counts[:, :, 0] = background + 1.0
+    rel_prior = counts / counts.sum(axis=2, keepdims=True)
+    return cooccurrence, rel_prior
+
+
 def compute_priors(
-    dataset_dicts: Sequence[dict], num_classes: int, num_predicates: int, per_box_pair: bool = False
+    dataset_dicts: Sequence[dict],
+    num_classes: int,
+    num_predicates: int,
+    per_box_pair: bool = False,
+    *,
+    construction: str = "kern_d2",
+    box_scale: Optional[float] = RELEASED_BOX_SCALE,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Knowledge priors of a dataset (Detectron2 dicts with ``annotations`` and ``relations``).
 
     Args:
         dataset_dicts: the training images.
         num_classes: C. num_predicates: P, including 0 = "no relation".
-        per_box_pair: count co-occurrence per box pair instead of per distinct class pair (see below).
+        per_box_pair: kern_d2 construction only: count co-occurrence per ordered box pair instead of per distinct
+            class pair (see below).
+        construction: "kern_d2" (below) or "released" (KERN's released code, further below).
+        box_scale: released construction only: the overlap test runs on boxes scaled so that each image's longer
+            side is ``box_scale`` pixels (1024: the VG h5 boxes the released code tests), as its +1-pixel convention
+            is in those pixels; None = in the dicts' own coordinates. Needs each dict's height and width.
     Returns:
         obj_cooccurrence float32 [C, C] and rel_prior float32 [C, C, P].
 
@@ -148,15 +267,41 @@ def compute_priors(
     i) for i != j, and A[i, i] = (#images with at least 2 instances of i) / (#images containing i), i.e. the
     probability that another instance of i is present. With ``per_box_pair``: A[i, j] = (#ordered pairs of distinct
     boxes (a, b) in one image with class(a) = i, class(b) = j) / (#boxes of class i), i.e. the mean number of other
-    j boxes in the image of an i box (can exceed 1). KERN's released code meant this per-box count, but its loop
-    takes the labels of the first K boxes of an image (K = its number of distinct classes) and divides by images;
-    that quirk is not reproduced. Rows of classes that never occur are 0.
+    j boxes in the image of an i box (can exceed 1). This per-box count is kern_d2's own option: it matches neither
+    the executed nor the intended line of KERN's released code (see "released" below). Rows of classes that never
+    occur are 0.
 
     Predicate prior: counts[s, o, k] = number of gt relation rows (s, o, k), k >= 1, duplicates included;
     counts[s, o, 0] = number of ordered pairs of distinct gt boxes (subject class s, object class o) whose boxes
     intersect with positive area and that have no gt relation; rel_prior = (counts + 1) / sum_k (counts + 1).
-    (The released code put every overlapping pair in column 0, related or not, and smoothed only that column.)
+
+    ``construction="released"``, as ``prior_matrices/generate_knowledge.py`` of yuweihao/KERN builds them:
+
+    - Images: those of neural-motifs' VG training loader (``filter_non_overlap``, ``filter_duplicate_rels=False``):
+      each image keeps only the relations whose subject and object boxes overlap under the +1-pixel convention of
+      ``bbox_overlaps`` (min(x2) - max(x1) + 1 > 0 and likewise in y, at ``box_scale``); images left without a
+      relation (or without any) are dropped. Both matrices are built over these images, from all their boxes.
+    - Predicate prior: counts[s, o, k], k >= 1 = the remaining relation rows, duplicates included; counts[s, o, 0] =
+      every ordered pair of distinct overlapping boxes (+1 convention), related or not (all ordered pairs of
+      distinct boxes in an image without an overlapping pair, which only a relation of a box with itself leaves);
+      +1 on column 0 only; rel_prior = counts / sum_k counts (so an unseen (s, o) gets [1, 0, ..., 0]).
+    - Co-occurrence, the line the released code EXECUTES: per image, with K its number of distinct classes, every
+      ordered pair of distinct positions (a, b) among its first K boxes (annotation order) adds 1 to
+      A[class(a), class(b)] (the loop indexes the per-box labels with positions in the list of distinct classes);
+      A[i, i] gains 1 per image with >= 2 instances of i; row i is divided by the number of images containing i.
+      The INTENDED line indexes the list of distinct classes instead, i.e. counts each image once per ordered pair
+      of distinct classes present: kern_d2's per-class-pair counting (on the filtered images).
+    - The released matrices have a background class at index 0; kern_d2's have none, so its row and column are left
+      out (all zero in the co-occurrence; in the predicate prior they are [1, 0, ..., 0]: only the +1 of column 0).
+      A class absent from the images gets a zero co-occurrence row (the released code divides 0 by 0 there).
     """
+    if construction not in CONSTRUCTIONS:
+        raise ValueError(f"compute_priors: construction must be one of {CONSTRUCTIONS}, got {construction!r}")
+    if construction == "released":
+        if per_box_pair:
+            raise ValueError("compute_priors: per_box_pair is a kern_d2 option, not part of the released construction")
+        cooccurrence, rel_prior = _released_priors(dataset_dicts, num_classes, num_predicates, box_scale)
+        return cooccurrence.astype(np.float32), rel_prior.astype(np.float32)
     classes, boxes, relations, boxes_per_image = _gather(dataset_dicts, num_classes, num_predicates)
     num_images = boxes_per_image.shape[0]
     image_of_box = np.repeat(np.arange(num_images), boxes_per_image)
@@ -213,9 +358,13 @@ def save_priors(
     thing_classes: Sequence[str],
     predicate_classes: Sequence[str],
     predicate_counts: Optional[np.ndarray] = None,
+    construction: str = "kern_d2",
 ) -> None:
     """Write the priors to ``path`` (.npz, no pickle) atomically: a temporary file renamed over ``path``.
-    ``predicate_counts`` (int [P], from ``compute_predicate_counts``) is optional, for the long-tail switches."""
+    ``predicate_counts`` (int [P], from ``compute_predicate_counts``) is optional, for the long-tail switches.
+    ``construction`` ("kern_d2" | "released", as given to ``compute_priors``) goes in the field ``construction``."""
+    if construction not in CONSTRUCTIONS:
+        raise ValueError(f"save_priors({path}): construction must be one of {CONSTRUCTIONS}, got {construction!r}")
     obj_cooccurrence = np.asarray(obj_cooccurrence, dtype=np.float32)
     rel_prior = np.asarray(rel_prior, dtype=np.float32)
     _check_priors(obj_cooccurrence, rel_prior, thing_classes, predicate_classes, f"save_priors({path})")
@@ -235,8 +384,10 @@ def save_priors(
                 rel_prior=rel_prior,
                 thing_classes=np.array([str(x) for x in thing_classes], dtype=np.str_),
                 predicate_classes=np.array([str(x) for x in predicate_classes], dtype=np.str_),
+                construction=np.array(construction, dtype=np.str_),
                 **extra,
             )
+        give_default_mode(tmp_path)  # mkstemp's 0600 would hide the file from the other users of a shared machine
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
@@ -259,8 +410,9 @@ def load_priors(
     path: str, thing_classes: Optional[Sequence[str]] = None, predicate_classes: Optional[Sequence[str]] = None
 ) -> Dict[str, object]:
     """Read a priors .npz (no pickle). Returns ``obj_cooccurrence``, ``rel_prior`` (float32 arrays),
-    ``thing_classes``, ``predicate_classes`` (lists of str) and ``predicate_counts`` (int64 [P], or None in a file
-    written before kern_d2 stored them). Given names must match the file's exactly."""
+    ``thing_classes``, ``predicate_classes`` (lists of str), ``predicate_counts`` (int64 [P], or None in a file
+    written before kern_d2 stored them) and ``construction`` ("kern_d2" | "released"; "kern_d2" in a file written
+    before kern_d2 recorded it). Given names must match the file's exactly."""
     with PathManager.open(path, "rb") as f:
         with np.load(f, allow_pickle=False) as data:
             missing = {"obj_cooccurrence", "rel_prior", "thing_classes", "predicate_classes"} - set(data.files)
@@ -272,7 +424,12 @@ def load_priors(
                 "thing_classes": [str(x) for x in data["thing_classes"]],
                 "predicate_classes": [str(x) for x in data["predicate_classes"]],
                 "predicate_counts": data["predicate_counts"] if "predicate_counts" in data.files else None,
+                "construction": str(data["construction"]) if "construction" in data.files else "kern_d2",
             }
+    if priors["construction"] not in CONSTRUCTIONS:
+        raise ValueError(
+            f"priors file {path}: construction must be one of {CONSTRUCTIONS}, got {priors['construction']!r}"
+        )
     _check_priors(
         priors["obj_cooccurrence"], priors["rel_prior"], priors["thing_classes"], priors["predicate_classes"],
         f"priors file {path}",
@@ -285,12 +442,27 @@ def load_priors(
     return priors
 
 
+def check_construction(path: str, found: str, expected: str) -> None:
+    """ValueError unless the priors file ``path``, built with construction ``found``, is what the config asks."""
+    if expected not in CONSTRUCTIONS:
+        raise ValueError(f"construction must be one of {CONSTRUCTIONS}, got {expected!r}")
+    if found != expected:
+        rebuild = "with --released" if expected == "released" else "without --released"
+        raise ValueError(
+            f"priors file {path} holds priors of the {found!r} construction, but the config asks for {expected!r} "
+            f"(MODEL.ROI_RELATION_HEAD.PRIOR_CONSTRUCTION, which defaults to MODEL.ROI_RELATION_HEAD.VARIANT's "
+            f"choice): rebuild the file with tools/compute_priors.py {rebuild}, or set "
+            f"MODEL.ROI_RELATION_HEAD.PRIOR_CONSTRUCTION {found}"
+        )
+
+
 class KnowledgePriors(nn.Module):
     """The priors as persistent buffers: ``obj_cooccurrence`` [C, C], ``rel_prior`` [C, C, P], ``predicate_counts``
     int64 [P] (all 0 when unknown), and ``sizes`` = (C, P) int64 [2], whose fixed shape lets a checkpoint of another
     class count fail loudly on load (Detectron2's checkpointer skips tensors of mismatched shapes with only a
     warning).
-    Build with ``from_file``, ``uniform`` (the no-priors ablation) or ``empty`` (to be filled by a checkpoint)."""
+    Build with ``from_file``, ``uniform`` (the no-priors ablation) or ``empty`` (to be filled by a checkpoint).
+    ``construction`` is the file's ("kern_d2" | "released"; None otherwise): a plain attribute, not in checkpoints."""
 
     def __init__(
         self,
@@ -299,6 +471,7 @@ class KnowledgePriors(nn.Module):
         loaded: bool = True,
         predicate_counts: Optional[torch.Tensor] = None,
         source: str = "the given matrices",
+        construction: Optional[str] = None,
     ):
         super().__init__()
         c, p = rel_prior.shape[0], rel_prior.shape[2]
@@ -318,6 +491,7 @@ class KnowledgePriors(nn.Module):
         self._loaded = loaded
         self._has_predicate_counts = bool(self.predicate_counts[1:].sum() > 0)
         self._source = source
+        self.construction = construction
 
     @property
     def num_classes(self) -> int:
@@ -329,16 +503,24 @@ class KnowledgePriors(nn.Module):
 
     @classmethod
     def from_file(
-        cls, path: str, thing_classes: Optional[Sequence[str]] = None, predicate_classes: Optional[Sequence[str]] = None
+        cls,
+        path: str,
+        thing_classes: Optional[Sequence[str]] = None,
+        predicate_classes: Optional[Sequence[str]] = None,
+        construction: Optional[str] = None,
     ) -> "KnowledgePriors":
-        """Priors from a .npz of ``save_priors``; names, when given, must match the file's."""
+        """Priors from a .npz of ``save_priors``; names, when given, must match the file's, and so must the
+        construction ("kern_d2" | "released", see ``check_construction``)."""
         priors = load_priors(path, thing_classes, predicate_classes)
+        if construction is not None:
+            check_construction(path, priors["construction"], construction)
         counts = priors["predicate_counts"]
         return cls(
             torch.from_numpy(priors["obj_cooccurrence"]),
             torch.from_numpy(priors["rel_prior"]),
             predicate_counts=None if counts is None else torch.from_numpy(counts),
             source=f"priors file {path}",
+            construction=priors["construction"],
         )
 
     @classmethod

@@ -13,19 +13,23 @@ from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads import build_box_head
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
+from kern_d2.config import resolve_variant
+from kern_d2.config_check import check_priors_file
 from kern_d2.data.registration import check_classes_match_config
 from kern_d2.layers import PairUnionPooler
 from kern_d2.structures import SceneGraphInstances, set_relation_predictions
 from kern_d2.utils.foreground_monitor import record_foreground_counts
 
 from .detections import top_candidate_detections
+from .fc_heads import DropoutFCHead, box_head_fc_dims
 from .long_tail import LongTailSwitches
 from .long_tail import mean_cross_entropy as _mean_cross_entropy
 from .object_routing import ObjectRouting
+from . import released_sgdet
 from .pair_sampling import all_ordered_pairs, detected_pair_labels, gt_pair_labels, overlapping, sample_pairs
 from .priors import KnowledgePriors
 from .relation_heads import build_relation_head
-from .union_feature import UnionFeatureExtractor
+from .union_feature import ReleasedUnionFCHead, UnionFeatureExtractor
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +56,10 @@ def _dataset_metadata(cfg) -> Tuple[Optional[list], Optional[list], Optional[str
 
 def build_priors(cfg) -> KnowledgePriors:
     """Priors from ``PRIORS_FILE`` (else the dataset metadata's ``priors_file``), checked against the dataset's
-    class names; uniform ones when ``USE_PRIORS`` is off; or empty buffers that a checkpoint must fill (checked at
-    the first forward)."""
+    class names and against ``PRIOR_CONSTRUCTION`` (kern_d2 / released, :func:`kern_d2.config.resolve_variant`);
+    uniform ones when ``USE_PRIORS`` is off; or empty buffers that a checkpoint must fill (checked at the first
+    forward)."""
+    check_priors_file(cfg)  # an absent file: one line naming the key and the fix
     rel = cfg.MODEL.ROI_RELATION_HEAD
     num_classes, num_predicates = cfg.MODEL.ROI_HEADS.NUM_CLASSES, rel.NUM_PREDICATES
     # A model of other sizes than its datasets would fail later, obscurely.
@@ -64,7 +70,9 @@ def build_priors(cfg) -> KnowledgePriors:
     path = rel.PRIORS_FILE or metadata_priors_file
     if not path:
         return KnowledgePriors.empty(num_classes, num_predicates)
-    priors = KnowledgePriors.from_file(path, things, predicates)
+    # A file built otherwise (kern_d2 / released construction) than the config's PRIOR_CONSTRUCTION is refused.
+    construction = resolve_variant(cfg)["PRIOR_CONSTRUCTION"]
+    priors = KnowledgePriors.from_file(path, things, predicates, construction=construction)
     if priors.rel_prior.shape != (num_classes, num_classes, num_predicates):
         raise ValueError(
             f"priors file {path}: rel_prior has shape {tuple(priors.rel_prior.shape)} but the config asks for "
@@ -106,9 +114,13 @@ class KERNROIHeads(StandardROIHeads):
         relation_loss_weight: float,
         freeze_detector: bool,
         long_tail: LongTailSwitches,
+        object_fc_head: Optional[nn.Module] = None,
+        sgdet_pipeline: str = "kern_d2",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        # OBJECT_FEATURES "finetuned": a trainable copy of the box head gives the object features (else the box head).
+        self.object_fc_head = object_fc_head
         self.union_feature = union_feature
         self.relation_head = relation_head
         self.object_routing = object_routing
@@ -127,6 +139,9 @@ class KERNROIHeads(StandardROIHeads):
         self.relation_loss_weight = relation_loss_weight
         self.freeze_detector = freeze_detector
         self.long_tail = long_tail
+        # SGDET_PIPELINE "released": detections, training pairs and test-time labels as KERN's released code
+        # (kern_d2/modeling/released_sgdet.py).
+        self.released_sgdet = mode == "sgdet" and sgdet_pipeline == "released"
         if freeze_detector:
             for module in (self.box_head, self.box_predictor):
                 for param in module.parameters():
@@ -148,10 +163,23 @@ class KERNROIHeads(StandardROIHeads):
             scales=tuple(1.0 / input_shape[f].stride for f in in_features),
             sampling_ratio=rel.POOLER_SAMPLING_RATIO,
         )
-        # The union fc head has the box head's architecture; it starts from the detector's box-head weights.
-        fc_head = build_box_head(cfg, ShapeSpec(channels=in_channels, height=resolution, width=resolution))
-        union_feature = UnionFeatureExtractor(pooler, rel.MASK_SIZE, in_channels, resolution, fc_head)
-        object_dim = ret["box_head"].output_shape.channels
+        # The union fc head has the box head's architecture (released: its fc layers with dropout, no final ReLU); it
+        # starts from the detector's box-head weights.
+        union_variant = resolve_variant(cfg)["UNION_FEATURE"]
+        union_shape = ShapeSpec(channels=in_channels, height=resolution, width=resolution)
+        if union_variant == "released":
+            fc_head = ReleasedUnionFCHead(union_shape, box_head_fc_dims(cfg))
+        else:
+            fc_head = build_box_head(cfg, union_shape)
+        union_feature = UnionFeatureExtractor(pooler, rel.MASK_SIZE, in_channels, resolution, fc_head,
+                                              variant=union_variant)
+        object_fc_head = None
+        if resolve_variant(cfg)["OBJECT_FEATURES"] == "finetuned":
+            box_resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
+            object_fc_head = DropoutFCHead(
+                ShapeSpec(channels=in_channels, height=box_resolution, width=box_resolution), box_head_fc_dims(cfg)
+            )
+        object_dim = (object_fc_head or ret["box_head"]).output_shape.channels
         object_routing = None
         if mode != "predcls" and rel.USE_OBJECT_ROUTING:
             object_routing = ObjectRouting(**ObjectRouting.from_config(cfg, object_dim))
@@ -174,51 +202,72 @@ class KERNROIHeads(StandardROIHeads):
             relation_loss_weight=rel.RELATION_LOSS_WEIGHT,
             freeze_detector=rel.FREEZE_DETECTOR,
             long_tail=LongTailSwitches(**LongTailSwitches.from_config(cfg, union_feature.output_size, object_dim)),
+            object_fc_head=object_fc_head,
+            sgdet_pipeline=resolve_variant(cfg)["SGDET_PIPELINE"],
         )
         return ret
 
     # ---------------------------------------------------------------- checkpoints
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # A detector checkpoint has no union fc head yet: start it from the detector's box head (same architecture;
-        # tensors whose shapes differ, e.g. another POOLER_RESOLUTION, keep their initialisation).
-        union_prefix, box_prefix = prefix + "union_feature.fc_head.", prefix + "box_head."
-        if not any(k.startswith(union_prefix) for k in state_dict):
-            own = self.union_feature.fc_head.state_dict()
+        # A detector checkpoint has no union fc head (nor fine-tuned object fc head) yet: start them from the
+        # detector's box head (same layer names; tensors whose shapes differ, e.g. another POOLER_RESOLUTION, keep
+        # their initialisation).
+        copies = {"union_feature.fc_head.": self.union_feature.fc_head, "object_fc_head.": self.object_fc_head}
+        box_prefix = prefix + "box_head."
+        for copy_prefix, module in copies.items():
+            copy_prefix = prefix + copy_prefix
+            if module is None or any(k.startswith(copy_prefix) for k in state_dict):
+                continue
+            own = module.state_dict()
             copied = []
             for key in [k for k in state_dict if k.startswith(box_prefix)]:
                 name = key[len(box_prefix):]
                 if name in own and own[name].shape == state_dict[key].shape:
-                    state_dict[union_prefix + name] = state_dict[key].clone()
+                    state_dict[copy_prefix + name] = state_dict[key].clone()
                     copied.append(name)
             if copied:
-                logger.info(f"Initialised the union-feature fc head from the detector's box head ({len(copied)} "
+                logger.info(f"Initialised {copy_prefix[len(prefix):-1]} from the detector's box head ({len(copied)} "
                             "tensors).")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---------------------------------------------------------------- objects
     def _object_features(self, features: Dict[str, torch.Tensor], boxes: List[Boxes], with_logits: bool):
-        """Box-head features [N, Fo] of the given boxes, and (``with_logits``) the detector's class logits
-        [N, C+1] (else None)."""
-        feats = self.box_head(self.box_pooler([features[f] for f in self.box_in_features], boxes))
-        class_logits = self.box_predictor(feats)[0] if with_logits else None
+        """Object features [N, Fo] of the given boxes (the box head's, or the fine-tuned copy's), and
+        (``with_logits``) the detector's class logits [N, C+1] (else None)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_detector):
+            pooled = self.box_pooler([features[f] for f in self.box_in_features], boxes)
+            box_feats = self.box_head(pooled) if self.object_fc_head is None or with_logits else None
+            class_logits = self.box_predictor(box_feats)[0] if with_logits else None
+        feats = box_feats if self.object_fc_head is None else self.object_fc_head(pooled)
         return feats, class_logits
 
     def _detect(self, features: Dict[str, torch.Tensor], proposals: List[Instances]) -> List[Instances]:
-        """SGDet objects: the detector's boxes after per-class NMS, at most ``max_detections`` per image."""
+        """SGDet objects: the detector's boxes after per-class NMS, at most ``max_detections`` per image (released
+        pipeline: one per proposal, the proposal boxes, with ``boxes_per_cls``; see released_sgdet)."""
         predictions = self.box_predictor(self.box_head(self.box_pooler(
             [features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals]
         )))
         boxes = self.box_predictor.predict_boxes(predictions, proposals)
         scores = self.box_predictor.predict_probs(predictions, proposals)
         image_shapes = [p.image_size for p in proposals]
+        if self.released_sgdet:
+            # One detection per proposal; its box is the proposal's, with the per-class boxes kept (boxes_per_cls).
+            # The released code's score threshold 0.01 is the floor.
+            return released_sgdet.released_detections(
+                boxes, scores, [p.proposal_boxes for p in proposals], image_shapes,
+                max(self.detection_score_thresh, released_sgdet.RELEASED_SCORE_THRESH), self.detection_nms_thresh,
+                self.max_detections,
+            )
         return top_candidate_detections(
             boxes, scores, image_shapes, self.detection_score_thresh, self.detection_nms_thresh, self.max_detections
         )
 
     def _classify_objects(self, obj_feats, detector_logits, num_per_image):
-        """Object logits [N, C] from object routing, or from the detector (background column dropped)."""
+        """Object logits [N, C] (or [N, C+1], background last) from object routing, or from the detector
+        (background column dropped, except in the released SGDet pipeline)."""
         if self.object_routing is None:
-            return detector_logits[:, :-1]
+            # The released SGDet pipeline keeps the detector's background column (its softmax spans it).
+            return detector_logits if self.released_sgdet else detector_logits[:, :-1]
         return self.object_routing(obj_feats, list(num_per_image), self.priors.obj_cooccurrence)
 
     # ---------------------------------------------------------------- forward
@@ -238,22 +287,22 @@ class KERNROIHeads(StandardROIHeads):
             raise ValueError(f"{self.mode} training needs the gt of each image ('instances' in the inputs)")
         num_per_image = [len(b) for b in boxes]
         classify = self.mode != "predcls"
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_detector):
-            obj_feats, detector_logits = self._object_features(
-                features, boxes, with_logits=classify and self.object_routing is None
-            )
+        obj_feats, detector_logits = self._object_features(
+            features, boxes, with_logits=classify and self.object_routing is None
+        )
         obj_logits = self._classify_objects(obj_feats, detector_logits, num_per_image) if classify else None
 
         if self.training:
             return [], self._losses(features, boxes, objects, targets, obj_feats, obj_logits)
         image_sizes = [x.image_size for x in (objects if self.mode == "sgdet" else targets)]
-        return self._inference(features, boxes, image_sizes, targets, obj_feats, obj_logits), {}
+        return self._inference(features, boxes, image_sizes, targets, obj_feats, obj_logits, objects), {}
 
     def _object_labels_and_scores(self, obj_logits, targets, sizes):
         """Per image (labels [Ni], scores [Ni]) used for the relation prior and the triplet scores."""
         if self.mode == "predcls":
             return [(t.gt_classes, torch.ones(len(t), device=t.gt_classes.device)) for t in targets]
-        scores, labels = F.softmax(obj_logits.float(), dim=1).max(dim=1)
+        # With a background column (OBJECT_ROUTING_BACKGROUND), the softmax spans it but the label is foreground.
+        scores, labels = F.softmax(obj_logits.float(), dim=1)[:, : self.num_classes].max(dim=1)
         return list(zip(labels.split(sizes), scores.split(sizes)))
 
     def _training_pairs(self, num_boxes: int, pair_labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -266,10 +315,15 @@ class KERNROIHeads(StandardROIHeads):
     def _losses(self, features, boxes, objects, targets, obj_feats, obj_logits):
         sizes = [len(b) for b in boxes]
         pair_list, pair_target_list, prior_labels, object_targets = [], [], [], []
-        pred_labels = obj_logits.argmax(dim=1).split(sizes) if obj_logits is not None else [None] * len(boxes)
+        pred_labels = (obj_logits[:, : self.num_classes].argmax(dim=1).split(sizes) if obj_logits is not None
+                       else [None] * len(boxes))
         for i, target in enumerate(targets):
             gt_relations = target.gt_relations.tensor
-            if self.mode == "sgdet":
+            if self.released_sgdet:
+                obj_target, labels, pairs, pair_targets = self._released_training_targets(
+                    objects[i], target, pred_labels[i], obj_logits.shape[1] > self.num_classes
+                )
+            elif self.mode == "sgdet":
                 det = objects[i]
                 obj_target = _matched_gt_classes(det.pred_boxes, target.gt_boxes, target.gt_classes,
                                                  self.fg_iou_threshold)
@@ -282,7 +336,8 @@ class KERNROIHeads(StandardROIHeads):
             else:
                 obj_target = labels = target.gt_classes
                 pair_labels = gt_pair_labels(len(target), gt_relations)
-            pairs, pair_targets = self._training_pairs(sizes[i], pair_labels)
+            if not self.released_sgdet:
+                pairs, pair_targets = self._training_pairs(sizes[i], pair_labels)
             pair_list.append(pairs)
             pair_target_list.append(pair_targets)
             prior_labels.append(labels)
@@ -297,6 +352,34 @@ class KERNROIHeads(StandardROIHeads):
             obj_loss = _mean_cross_entropy(obj_logits, torch.cat(object_targets))
             losses["loss_object"] = self.object_loss_weight * obj_loss
         return losses
+
+    def _released_training_targets(self, det, target, pred_labels, has_background: bool):
+        """Released SGDet training targets of one image: (object targets [N], relation prior labels [N], pairs [S, 2],
+        predicate targets [S]). Object targets: the best gt's class at IoU >= FG_IOU_THRESHOLD, else background (C),
+        or -1 (ignored) when the object logits have no background column. Prior labels: the assigned class, the
+        predicted one for unmatched detections (which only the placeholder pair can include)."""
+        background = self.num_classes
+        assigned = released_sgdet.released_object_targets(
+            det.pred_boxes, target.gt_boxes, target.gt_classes, background, self.fg_iou_threshold
+        )
+        pairs, pair_targets = released_sgdet.released_relation_assignments(
+            det.pred_boxes, assigned, target.gt_boxes, target.gt_classes, target.gt_relations.tensor, background,
+            self.fg_iou_threshold,
+        )
+        matched = assigned < background
+        labels = torch.where(matched, assigned, pred_labels)
+        obj_target = assigned if has_background else torch.where(matched, assigned, torch.full_like(assigned, -1))
+        return obj_target, labels, pairs, pair_targets
+
+    def _released_labels_and_boxes(self, obj_logits, objects, sizes):
+        """Released SGDet test time, per image: (labels [Ni], scores [Ni]) and output boxes [Ni, 4] from a per-class
+        NMS on the routed probabilities (:func:`released_sgdet.released_relabel`)."""
+        probs = F.softmax(obj_logits.float(), dim=1).split(sizes)
+        relabelled = [
+            released_sgdet.released_relabel(p, det.boxes_per_cls, self.detection_nms_thresh)
+            for p, det in zip(probs, objects)
+        ]
+        return [(labels, scores) for labels, scores, _ in relabelled], [b for _, _, b in relabelled]
 
     def _relation_logits(self, features, boxes, pair_idxs, obj_feats_per_image, obj_labels):
         """Predicate logits [sum Mi, P] of the given pairs (per image lists)."""
@@ -327,9 +410,13 @@ class KERNROIHeads(StandardROIHeads):
             scores.append(F.softmax(logits.float(), dim=1))
         return list(torch.cat(scores).split(counts))
 
-    def _inference(self, features, boxes, image_sizes, targets, obj_feats, obj_logits):
+    def _inference(self, features, boxes, image_sizes, targets, obj_feats, obj_logits, objects=None):
         sizes = [len(b) for b in boxes]
-        labels_scores = self._object_labels_and_scores(obj_logits, targets, sizes)
+        output_boxes = [b.tensor for b in boxes]
+        if self.released_sgdet:  # labels, scores and boxes after a per-class NMS on the routed probabilities
+            labels_scores, output_boxes = self._released_labels_and_boxes(obj_logits, objects, sizes)
+        else:
+            labels_scores = self._object_labels_and_scores(obj_logits, targets, sizes)
         pair_list = []
         for image_boxes in boxes:
             pairs = all_ordered_pairs(len(image_boxes), obj_feats.device)
@@ -341,12 +428,12 @@ class KERNROIHeads(StandardROIHeads):
         )
         results = []
         for image_boxes, image_size, (labels, scores), pairs, image_rel_scores in zip(
-            boxes, image_sizes, labels_scores, pair_list, rel_scores
+            output_boxes, image_sizes, labels_scores, pair_list, rel_scores
         ):
             triplet = image_rel_scores[:, 1:].max(dim=1).values * scores[pairs[:, 0]] * scores[pairs[:, 1]]
             order = torch.argsort(triplet, descending=True, stable=True)
             result = SceneGraphInstances(image_size)
-            result.pred_boxes = Boxes(image_boxes.tensor.clone())
+            result.pred_boxes = Boxes(image_boxes.clone())
             result.pred_classes = labels
             result.scores = scores
             set_relation_predictions(result, pairs[order], image_rel_scores[order])
