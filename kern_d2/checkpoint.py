@@ -34,6 +34,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from kern_d2.modeling.meta_arch import SceneGraphRCNN
+from kern_d2.utils.file_modes import give_default_mode
 
 __all__ = ["CheckpointError", "SGGCheckpointer", "atomic_write", "parts_run_at_inference", "UNSAFE_PICKLE_ENV"]
 
@@ -74,19 +75,13 @@ def atomic_write(path: str, write_fn, mode: str = "wb") -> None:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
+        give_default_mode(tmp_path)  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
         raise
     _fsync_folder(folder)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _fsync_folder(folder: str) -> None:
@@ -245,8 +240,10 @@ class SGGCheckpointer(DetectionCheckpointer):
             raise CheckpointError(f"checkpoint {path} not found (MODEL.WEIGHTS, or the file last_checkpoint names)")
         self._loading, self._missing_keys = path, None
         try:
+            file_priors = self._priors_from_file() if self._is_sgg_model else None
             extra = super().load(path, checkpointables=checkpointables)
             if self._is_sgg_model:
+                self._warn_if_file_priors_replaced(file_priors, path)
                 self._check_sgg_model_is_ready(path)
         finally:
             self._loading = None
@@ -343,6 +340,30 @@ class SGGCheckpointer(DetectionCheckpointer):
             f"These weights were made for another dataset or model size.{counts} Use weights trained on this "
             "dataset's classes and predicates, or fix the config (MODEL.ROI_HEADS.NUM_CLASSES, "
             "MODEL.ROI_RELATION_HEAD.NUM_PREDICATES, the head sizes)."
+        )
+
+    def _priors_from_file(self) -> Optional[Tuple[str, torch.Tensor, torch.Tensor]]:
+        """(source, co-occurrence, predicate prior) of the model's priors before loading, when a priors file gave
+        them (PRIORS_FILE or a dataset's priors_file)."""
+        priors = self.model.roi_heads.priors
+        source = str(getattr(priors, "_source", ""))
+        if not source.startswith("priors file"):
+            return None
+        return source, priors.obj_cooccurrence.detach().clone(), priors.rel_prior.detach().clone()
+
+    def _warn_if_file_priors_replaced(self, file_priors, path: str) -> None:
+        """The weights' priors win (kern_d2.config_check): say so when they replaced a file's other priors."""
+        if file_priors is None or not path:
+            return
+        source, cooccurrence, rel_prior = file_priors
+        priors = self.model.roi_heads.priors
+        if torch.equal(priors.obj_cooccurrence.cpu(), cooccurrence.cpu()) and \
+                torch.equal(priors.rel_prior.cpu(), rel_prior.cpu()):
+            return
+        logger.warning(
+            f"{path} carries knowledge priors that differ from those of {source}: the model uses the weights' priors "
+            "(the priors it was trained with; README, 'Which priors a model uses'). To use the file's, train from "
+            "weights without priors (the detector)."
         )
 
     def _check_sgg_model_is_ready(self, path: str) -> None:

@@ -69,7 +69,8 @@ def test_register_metadata(tmp_path):
         meta = MetadataCatalog.get("test_sgg_json_reg")
         assert meta.thing_classes == ["person", "hat", "cup"]
         assert meta.predicate_classes == ["__no_relation__", "wears", "holding"]
-        assert meta.evaluator_type == "sgg" and meta.json_file == json_file
+        assert meta.evaluator_type == "sgg" and meta.sgg_json_file == json_file
+        assert meta.get("json_file") is None  # Detectron2's COCOEvaluator would read it as a COCO file
         assert len(DatasetCatalog.get("test_sgg_json_reg")) == 1
     finally:
         DatasetCatalog.remove("test_sgg_json_reg")

@@ -19,12 +19,19 @@ import argparse
 import sys
 import time
 
-import numpy as np
+from kern_d2.utils.cli import add_tool_arguments, one_line_errors, quiet_dependency_warnings
 
-import kern_d2.data  # noqa: F401  (registers the builtin datasets)
-from detectron2.data import DatasetCatalog, MetadataCatalog
+quiet_dependency_warnings()  # before Detectron2's imports
 
-from kern_d2.modeling.priors import compute_predicate_counts, compute_priors, save_priors
+import numpy as np  # noqa: E402
+
+import kern_d2.data  # noqa: E402,F401  (registers the builtin datasets)
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+
+from kern_d2.config_check import unregistered_dataset_error  # noqa: E402
+from kern_d2.data import register_user_datasets  # noqa: E402
+from kern_d2.data.registration import sgg_dataset_classes  # noqa: E402
+from kern_d2.modeling.priors import compute_predicate_counts, compute_priors, save_priors  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -41,6 +48,7 @@ def get_parser() -> argparse.ArgumentParser:
                               help="the construction of KERN's released code (for PRIOR_CONSTRUCTION released); "
                               "the file records it")
     parser.add_argument("--config-file", default="", metavar="FILE", help="take the dataset from this config")
+    add_tool_arguments(parser)
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
     return parser
 
@@ -98,22 +106,28 @@ def summarize(dataset_dicts, obj_cooccurrence, rel_prior, thing_classes, predica
         f"co-occurrence: {np.count_nonzero(obj_cooccurrence)} non-zero entries, max {obj_cooccurrence.max():.3f}",
     ]
     fg = rel_prior[:, :, 1:]
-    flat = np.argsort(fg.max(axis=2), axis=None)[::-1][:top]
+    # Only class pairs with relations in the data: the others hold the smoothing's uniform fill.
+    pair_relations = np.zeros(fg.shape[:2], dtype=np.int64)
+    for d in dataset_dicts:
+        labels = np.array([a["category_id"] for a in d.get("annotations", [])], dtype=np.int64)
+        rels = np.asarray(d.get("relations", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
+        np.add.at(pair_relations, (labels[rels[:, 0]], labels[rels[:, 1]]), 1)
+    best = np.where(pair_relations > 0, fg.max(axis=2), -1.0)
+    flat = np.argsort(best, axis=None, kind="stable")[::-1][: min(top, int((pair_relations > 0).sum()))]
     for s, o in zip(*np.unravel_index(flat, fg.shape[:2])):
         k = int(fg[s, o].argmax()) + 1
-        lines.append(f"  p({predicate_classes[k]} | {thing_classes[s]}, {thing_classes[o]}) = {rel_prior[s, o, k]:.3f}")
+        lines.append(f"  p({predicate_classes[k]} | {thing_classes[s]}, {thing_classes[o]}) = {rel_prior[s, o, k]:.3f} "
+                     f"({pair_relations[s, o]} relation{'s' if pair_relations[s, o] != 1 else ''})")
     return "\n".join(lines)
 
 
 def main(argv=None) -> str:
     args = get_parser().parse_args(argv)
+    register_user_datasets(args.register)
     dataset, output = resolve_dataset_and_output(args)
     if dataset not in DatasetCatalog.list():
-        raise ValueError(f"dataset {dataset} is not registered (builtin: vg150_train, toy_train, ...)")
-    meta = MetadataCatalog.get(dataset)
-    thing_classes, predicate_classes = meta.get("thing_classes", None), meta.get("predicate_classes", None)
-    if thing_classes is None or predicate_classes is None:
-        raise ValueError(f"dataset {dataset}: metadata needs thing_classes and predicate_classes")
+        raise unregistered_dataset_error(dataset, "--dataset")
+    thing_classes, predicate_classes = sgg_dataset_classes(dataset)  # names a missing or broken class file
     start = time.perf_counter()
     dataset_dicts = DatasetCatalog.get(dataset)
     loaded = time.perf_counter()
@@ -139,7 +153,6 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    try:
+    # Unknown dataset, no output file, dataset files missing or broken: one line, exit 2 (traceback with --debug).
+    with one_line_errors("compute_priors.py", "--debug" in sys.argv, (KeyError, ValueError, OSError)):
         main(sys.argv[1:])
-    except (KeyError, ValueError) as e:  # unknown dataset, no output file, class lists missing
-        sys.exit(f"compute_priors.py: {e}")

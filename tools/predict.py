@@ -32,26 +32,30 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from kern_d2.utils.cli import add_tool_arguments, debug_enabled, quiet_dependency_warnings
 
-from detectron2.config import get_cfg
-from detectron2.utils.logger import setup_logger
+quiet_dependency_warnings()  # before Detectron2's imports
 
-import kern_d2.data  # noqa: F401  (registers the builtin datasets and their metadata)
-from kern_d2 import add_kern_config
-from kern_d2.checkpoint import CheckpointError
-from kern_d2.engine import (
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+import kern_d2.data  # noqa: E402,F401  (registers the builtin datasets and their metadata)
+from kern_d2.checkpoint import CheckpointError  # noqa: E402
+from kern_d2.config_check import load_config  # noqa: E402
+from kern_d2.data import register_user_datasets  # noqa: E402
+from kern_d2.engine import (  # noqa: E402
     ImagePreparer,
     SceneGraphPredictor,
     dataset_given_boxes,
     find_given_boxes,
     load_given_boxes,
 )
-from kern_d2.modeling.roi_heads import sgg_mode
-from kern_d2.utils.image_io import ImageReadError, collect_image_files
-from kern_d2.utils.visualizer import draw_predicted_scene_graph, save_image
+from kern_d2.modeling.roi_heads import sgg_mode  # noqa: E402
+from kern_d2.utils.image_io import ImageReadError, collect_image_files  # noqa: E402
+from kern_d2.utils.visualizer import draw_predicted_scene_graph, save_image  # noqa: E402
 
 logger = logging.getLogger("kern_d2.predict")
 
@@ -82,25 +86,25 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-pictures", action="store_true", help="write the JSON files only")
     parser.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="decode image files larger than INPUT.MAX_SIZE_TEST at a reduced scale: faster for big photos, but the "
+        "scores differ slightly from those of the full decode (which training, evaluation and arrays use)",
+    )
+    parser.add_argument(
         "--opts",
         nargs=argparse.REMAINDER,
         default=[],
         help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu",
     )
+    add_tool_arguments(parser)
     parser.add_argument("extra_opts", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
 def setup_cfg(config_file: str, opts: Sequence[str]):
-    cfg = get_cfg()
-    add_kern_config(cfg)
-    try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
-    except (OSError, KeyError, AssertionError, ValueError) as e:  # missing file, unknown key, odd KEY VALUE list
-        raise InputError(f"config {config_file} with overrides {list(opts)}: {type(e).__name__}: {e}") from e
-    cfg.freeze()
-    return cfg
+    """The frozen config; a ConfigError (one line: "did you mean ..." for an unknown key) otherwise."""
+    return load_config(config_file, list(opts))
 
 
 def check_mode(cfg, boxes_json: Optional[str], from_dataset: bool = False) -> str:
@@ -223,6 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     setup_logger(name="kern_d2")
     try:
+        register_user_datasets(args.register)
         cfg = setup_cfg(args.config_file, list(args.opts) + list(args.extra_opts))
         mode = check_mode(cfg, args.boxes_json, from_dataset=args.dataset is not None)
         ignored, boxes_spec = [], None
@@ -239,9 +244,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise InputError(f"--input {' '.join(args.input)}: no image files found")
         if args.boxes_json:
             boxes_spec = load_given_boxes(args.boxes_json)
-        predictor = SceneGraphPredictor(cfg, top_k=args.top_k, batch_size=args.batch_size, dataset=args.dataset)
-    except (InputError, ValueError, FileNotFoundError, CheckpointError) as e:
-        logger.error(str(e))
+        predictor = SceneGraphPredictor(cfg, top_k=args.top_k, batch_size=args.batch_size, dataset=args.dataset,
+                                        reduced_decode=args.fast_decode)
+    except (InputError, ValueError, FileNotFoundError, CheckpointError) as e:  # ConfigError is a ValueError
+        if debug_enabled(args):
+            logger.exception(str(e))
+        else:
+            logger.error(str(e))
         return 2
     logger.info(f"{len(files)} images -> {args.output}")
     summary = predict_files(

@@ -18,6 +18,10 @@ import shlex
 import subprocess
 import sys
 
+from kern_d2.utils.cli import quiet_dependency_warnings
+
+quiet_dependency_warnings()  # before Detectron2's imports
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Per dataset prefix: its generator (run with --output <root>/<prefix>), detector config and KERN base config.
 DATASETS = {
@@ -58,6 +62,9 @@ def parse_args(argv=None):
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
                         help="config overrides of every run, detector included (last on the command line)")
     parser.add_argument("--fresh", action="store_true", help="redo every step")
+    from kern_d2.utils.cli import add_tool_arguments
+
+    add_tool_arguments(parser)  # --register: your datasets (<prefix>_train, <prefix>_test), in every run too
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
@@ -136,7 +143,16 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     datasets_root = os.path.abspath(os.environ.get("KERN_DATASETS", os.path.join(ROOT, "datasets")))
     os.environ["KERN_DATASETS"] = datasets_root  # before kern_d2.data registers the builtin datasets
+    from kern_d2.utils.cli import one_line_errors
+
     import torch
+
+    from detectron2.data import DatasetCatalog
+
+    from kern_d2.data import register_user_datasets
+
+    with one_line_errors("run_study.py", args.debug):
+        register_user_datasets(args.register)  # also into $KERN_REGISTER, for the runs
 
     from kern_d2.evaluation.sgg_report import read_sgg_metrics
     from kern_d2.evaluation.study import (FIDELITY_MODELS, MODELS, plan_runs, scaled_schedule, uses_released_priors,
@@ -157,8 +173,9 @@ def main(argv=None):
     if ds in DATASETS:
         setup.append(Job(f"make the {ds} dataset", [DATASETS[ds]["generator"], "--output", dataset_dir],
                          os.path.join(dataset_dir, "VG-SGG.h5"), os.path.join(logs, "dataset.txt")))
-    elif not os.path.isfile(os.path.join(dataset_dir, "VG-SGG.h5")):
-        sys.exit(f"[study] no dataset at {dataset_dir} and no generator known for {ds!r}")
+    elif not {f"{ds}_train", test_dataset} <= set(DatasetCatalog.list()):
+        sys.exit(f"[study] {ds}_train and {test_dataset} are not both registered and no generator is known for "
+                 f"{ds!r}: register your dataset with --register my_datasets.py (or $KERN_REGISTER)")
     if args.detector_weights:
         detector = os.path.abspath(args.detector_weights)
     else:

@@ -14,15 +14,22 @@ import re
 import sys
 from typing import List, Optional, Sequence
 
-import numpy as np
+from kern_d2.utils.cli import add_tool_arguments, debug_enabled, quiet_dependency_warnings
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode
-from detectron2.utils.logger import setup_logger
+quiet_dependency_warnings()  # before Detectron2's imports
 
-import kern_d2.data  # noqa: F401  (registers the builtin datasets)
-from kern_d2.utils.image_io import ImageReadError, read_image
-from kern_d2.utils.visualizer import MAX_LONG_SIDE, draw_scene_graph, save_image
+import numpy as np  # noqa: E402
+
+from detectron2.data import DatasetCatalog  # noqa: E402
+from detectron2.structures import BoxMode  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+import kern_d2.data  # noqa: E402,F401  (registers the builtin datasets)
+from kern_d2.config_check import ConfigError, unregistered_dataset_error  # noqa: E402
+from kern_d2.data import DatasetFormatError, register_user_datasets  # noqa: E402
+from kern_d2.data.registration import sgg_dataset_classes  # noqa: E402
+from kern_d2.utils.image_io import ImageReadError, read_image  # noqa: E402
+from kern_d2.utils.visualizer import MAX_LONG_SIDE, draw_scene_graph, save_image  # noqa: E402
 
 logger = logging.getLogger("kern_d2.visualize_data")
 
@@ -34,7 +41,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-images", type=int, default=10, help="draw the first N images (ignored with --image-ids)")
     parser.add_argument("--image-ids", nargs="+", help="draw these images (their image_id)")
     parser.add_argument("--max-triplets", type=int, default=30, help="relations drawn per picture")
-    return parser
+    return add_tool_arguments(parser)
 
 
 def select_dicts(dicts: Sequence[dict], image_ids: Optional[Sequence[str]], num_images: int) -> List[dict]:
@@ -89,18 +96,19 @@ def _file_stem(image_id) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     setup_logger(name="kern_d2")
-    if args.dataset not in DatasetCatalog.list():
-        logger.error(f"dataset {args.dataset!r} is not registered; registered: {sorted(DatasetCatalog.list())}")
-        return 2
-    metadata = MetadataCatalog.get(args.dataset)
-    thing_classes, predicate_classes = metadata.get("thing_classes", None), metadata.get("predicate_classes", None)
-    if thing_classes is None or predicate_classes is None:
-        logger.error(f"dataset {args.dataset!r}: metadata needs thing_classes and predicate_classes")
-        return 2
     try:
+        register_user_datasets(args.register)
+        if args.dataset not in DatasetCatalog.list():
+            raise unregistered_dataset_error(args.dataset, "--dataset")
+        # Names the missing or broken file (class names, then the annotations) rather than the metadata.
+        thing_classes, predicate_classes = sgg_dataset_classes(args.dataset)
         records = select_dicts(DatasetCatalog.get(args.dataset), args.image_ids, args.num_images)
-    except KeyError as e:
-        logger.error(f"dataset {args.dataset!r}: {e.args[0]}")
+    except (ConfigError, OSError, DatasetFormatError, KeyError, ValueError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        if debug_enabled(args):
+            logger.exception(f"dataset {args.dataset!r}: {message}")
+        else:
+            logger.error(message if isinstance(e, ConfigError) else f"dataset {args.dataset!r}: {message}")
         return 2
     os.makedirs(args.output, exist_ok=True)
     written = 0

@@ -10,11 +10,13 @@ from .mapper import SGGDatasetMapper, sample_one_predicate_per_pair
 from .oi import load_oi_sgg, read_oi_classes, register_oi_sgg
 from .sgg_json import load_sgg_json, read_sgg_json_classes, register_sgg_json
 from .transfer import CompactTransfer
+from .user_datasets import REGISTER_ENV, register_user_datasets
 from .vg import load_vg_sgg, read_vg_classes, register_vg_sgg
 
 __all__ = [
     "CompactTransfer",
     "DatasetFormatError",
+    "REGISTER_ENV",
     "SGGDatasetMapper",
     "filter_images_without_overlapping_pairs",
     "load_gqa_sgg",
@@ -31,6 +33,7 @@ __all__ = [
     "register_open_images",
     "register_sgg_json",
     "register_toy",
+    "register_user_datasets",
     "register_vg150",
     "register_vg_sgg",
     "sample_one_predicate_per_pair",

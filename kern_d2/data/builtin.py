@@ -16,7 +16,10 @@ Root: ``$KERN_DATASETS`` (default ``datasets``, relative to the working director
   layout of BGNN / PySGG (``annotations/``, ``images/``; see :mod:`kern_d2.data.oi`).
 - ``gqa200_{train,val,test}`` under ``<root>/gqa/``: GQA-200 of SHA-GCL (see :mod:`kern_d2.data.gqa`).
 
-The names are registered even when the files are absent; loading them then fails naming the missing file.
+The names are registered even when the files are absent; loading them then fails naming the missing file. Class
+names are read on first use (:mod:`kern_d2.data.registration`), so a broken file of one dataset (say a partial
+``categories_dict.json``) fails only the runs that use it, naming the file, and never this import. Your own
+datasets: :mod:`kern_d2.data.user_datasets` (``--register``, ``$KERN_REGISTER``).
 """
 import os
 

@@ -16,13 +16,20 @@ from .image_files import check_image_files
 
 
 def read_json_file(path: str, what: str):
-    """The parsed json at ``path``; FileNotFoundError / DatasetFormatError naming ``what`` and the file."""
+    """The parsed json at ``path``, read as UTF-8 (a leading byte-order mark is skipped) whatever the locale;
+    FileNotFoundError naming ``what`` and the file, DatasetFormatError naming the file for every decoding error
+    (bytes that are not UTF-8, e.g. a zip or a file cut inside a multi-byte character, and invalid JSON)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} not found: {path}")
-    with open(path) as f:
+    with open(path, encoding="utf-8-sig") as f:
         try:
             return json.load(f)
-        except json.JSONDecodeError as e:
+        except UnicodeDecodeError as e:
+            raise DatasetFormatError(
+                f"{path}: not a UTF-8 text file, so not JSON (byte 0x{e.object[e.start]:02x} at offset {e.start}: "
+                f"{e.reason}); the file is damaged or of another kind (an archive?): replace it with the {what}"
+            ) from None
+        except (json.JSONDecodeError, RecursionError) as e:
             raise DatasetFormatError(f"{path}: not valid JSON ({e})") from None
 
 

@@ -18,7 +18,6 @@ may be omitted (no relations). Boxes are clipped to the image; boxes without are
 with their relations (counted and logged), as in the VG loader; a box with x2 < x1 or y2 < y1 is an error (most
 likely [x, y, w, h] given by mistake).
 """
-import json
 import logging
 import os
 from typing import List, Tuple
@@ -27,6 +26,7 @@ import numpy as np
 
 from .arrays import DatasetFormatError, SGGArrays, clean_annotations, keep_images, to_dataset_dicts
 from .image_files import check_image_files
+from .ragged import read_json_file
 from .registration import register_sgg_dataset
 from .vg_format import NO_RELATION
 
@@ -36,13 +36,7 @@ IMAGE_KEYS = ("id", "file_name", "width", "height", "objects")
 
 
 def _read_json(json_file: str) -> dict:
-    if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"SGG json not found: {json_file}")
-    with open(json_file) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DatasetFormatError(f"{json_file}: not valid JSON ({e})") from None
+    data = read_json_file(json_file, "SGG json")
     missing = [k for k in ("categories", "predicates", "images") if not isinstance(data, dict) or k not in data]
     if missing:
         raise DatasetFormatError(f"{json_file}: missing top-level keys {missing}")
@@ -181,6 +175,8 @@ def register_sgg_json(name: str, json_file: str, image_root: str, **kwargs):
         load=lambda: load_sgg_json(json_file, image_root, **kwargs),
         read_classes=lambda: read_sgg_json_classes(json_file),
         classes_file=json_file,
-        metadata=dict(json_file=json_file, image_root=image_root),
+        # Not "json_file": Detectron2's COCOEvaluator reads that key as a COCO annotation file (without it, it
+        # converts the dataset dicts to COCO itself, which the detector phase's evaluation needs).
+        metadata=dict(sgg_json_file=json_file, image_root=image_root),
         priors_file=kwargs.pop("priors_file", None),  # popped before any load: not a loader argument
     )

@@ -16,7 +16,6 @@ Conventions of the published numbers (neural-motifs, KERN, Scene-Graph-Benchmark
 
 Everything is vectorised over the h5 arrays; building the 108k-image index takes seconds.
 """
-import json
 import logging
 import os
 from typing import List, Optional, Tuple
@@ -26,6 +25,7 @@ import numpy as np
 
 from .arrays import DatasetFormatError, SGGArrays, clean_annotations, keep_images, ranges_to_index, to_dataset_dicts
 from .image_files import check_image_files
+from .ragged import read_json_file
 from .registration import register_sgg_dataset
 from .vg_format import (
     BOX_SCALE,
@@ -65,13 +65,8 @@ def _indexed_names(table, dicts_file: str, key: str) -> List[str]:
 
 def read_vg_classes(dicts_file: str) -> Tuple[List[str], List[str]]:
     """(thing_classes [C], predicate_classes [P] with "__no_relation__" first) from a VG dicts json."""
-    _require_file(dicts_file, "VG dicts json")
-    with open(dicts_file) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DatasetFormatError(f"{dicts_file}: not valid JSON ({e})") from None
-    missing = [k for k in ("idx_to_label", "idx_to_predicate") if k not in data]
+    data = read_json_file(dicts_file, "VG dicts json")
+    missing = [k for k in ("idx_to_label", "idx_to_predicate") if not isinstance(data, dict) or k not in data]
     if missing:
         raise DatasetFormatError(f"{dicts_file}: missing keys {missing}")
     thing_classes = _indexed_names(data["idx_to_label"], dicts_file, "idx_to_label")
@@ -85,12 +80,7 @@ def read_image_data(image_data_file: str, num_rows: int, h5_file: str):
     VG's image_data.json has 4 more entries than the h5 (known corrupt images); they are dropped only when the
     counts differ, so a custom dataset may use those ids.
     """
-    _require_file(image_data_file, "image_data json")
-    with open(image_data_file) as f:
-        try:
-            entries = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DatasetFormatError(f"{image_data_file}: not valid JSON ({e})") from None
+    entries = read_json_file(image_data_file, "image_data json")
     if not isinstance(entries, list):
         raise DatasetFormatError(f"{image_data_file}: expected a list of image entries")
     try:

@@ -25,9 +25,9 @@ __all__ = ["load_given_boxes", "dataset_given_boxes", "find_given_boxes"]
 def load_given_boxes(path: str) -> Dict[str, dict]:
     """Read and check a boxes JSON file (format in the module docstring); ValueError naming the file and entry."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8-sig") as f:  # labels may hold any class name: UTF-8, whatever the locale
             spec = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"boxes file {path}: {e}") from e
     if not isinstance(spec, dict):
         raise ValueError(f"boxes file {path}: expected an object keyed by image file name")
@@ -46,7 +46,9 @@ def dataset_given_boxes(name: str, num_images: int = 0) -> Tuple[List[str], Dict
     """(image files, their gt boxes and labels in the JSON format, keyed by file) of the first ``num_images``
     images (all when <= 0) of the registered dataset ``name``; ValueError when it is not registered or unreadable."""
     if name not in DatasetCatalog.list():
-        raise ValueError(f"dataset {name}: not a registered dataset")
+        from kern_d2.config_check import unregistered_dataset_error
+
+        raise unregistered_dataset_error(name, "--dataset")
     try:
         dicts = DatasetCatalog.get(name)
     except (OSError, KeyError, ValueError) as e:  # missing or malformed dataset files

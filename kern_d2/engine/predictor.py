@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
+import cv2
 import numpy as np
 import torch
 
@@ -25,6 +26,7 @@ from detectron2.structures import Boxes, Instances
 
 import kern_d2.modeling  # noqa: F401  (registers the model parts)
 from kern_d2.checkpoint import CheckpointError, SGGCheckpointer
+from kern_d2.config_check import cfg_for_weights, check_config
 from kern_d2.modeling.roi_heads import sgg_mode
 from kern_d2.utils.image_io import read_image
 
@@ -79,19 +81,27 @@ class ImagePreparer:
     """Reads an image (a path, or a BGR uint8 array) and its given boxes into a :class:`PreparedImage`, as
     Detectron2's ``DefaultPredictor`` prepares its input. Small and picklable: it can run in DataLoader workers.
 
+    A file and the same image as a BGR array give the same model input: the file is decoded at full size (as
+    training and ``--eval-only`` read images), then resized to the test size. ``reduced_decode=True`` decodes a
+    file larger than ``INPUT.MAX_SIZE_TEST`` at a reduced scale first (JPEG DCT scaling, then an area resize):
+    faster and lighter for big photos, but the pixels, hence the scores, then differ slightly from the array's
+    (e.g. a PredCls score of 0.365 instead of 0.366) and can change an SGCls label.
+
     Errors name the image: ``ImageReadError`` (kern_d2.utils.image_io) for a file that cannot be read, ValueError
     for a bad array or bad boxes / labels.
     """
 
-    def __init__(self, cfg, thing_classes: Sequence[str]):
+    def __init__(self, cfg, thing_classes: Sequence[str], reduced_decode: bool = False):
         if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r}: the predictor supports RGB and BGR models")
         rel = cfg.MODEL.ROI_RELATION_HEAD
         self.mode = sgg_mode(rel.USE_GT_BOX, rel.USE_GT_OBJECT_LABEL)
         self.input_format = cfg.INPUT.FORMAT
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-        # Decode files no larger than the test size needs (MIN_SIZE_TEST 0 means "no resize": decode in full).
+        # No larger than the test size needs (MIN_SIZE_TEST 0 means "no resize": in full): the decode of a file
+        # with reduced_decode, else the copy kept for drawing.
         self.max_side = cfg.INPUT.MAX_SIZE_TEST if cfg.INPUT.MIN_SIZE_TEST > 0 else None
+        self.reduced_decode = bool(reduced_decode)
         self.thing_classes = list(thing_classes)
 
     def __call__(self, image: Image, boxes=None, labels=None, name: Optional[str] = None) -> PreparedImage:
@@ -101,7 +111,7 @@ class ImagePreparer:
         if isinstance(image, (str, os.PathLike)):
             file = os.fspath(image)
             name = file
-            loaded = read_image(file, self.max_side)
+            loaded = read_image(file, self.max_side if self.reduced_decode else None)
             rgb, height, width = loaded.rgb, loaded.height, loaded.width
         elif isinstance(image, np.ndarray):
             file, name = None, name or "image"
@@ -113,7 +123,12 @@ class ImagePreparer:
                             f"got {type(image).__name__}")
         given = self._given_boxes(name, boxes, labels, height, width)
         pixels = rgb if self.input_format == "RGB" else rgb[:, :, ::-1]
-        resized = self.resize.get_transform(pixels).apply_image(pixels)
+        transform = self.resize.get_transform(pixels)
+        if isinstance(transform, T.ResizeTransform) and min(transform.new_h, transform.new_w) < 1:
+            # A very thin image (1 x 3000) would round to 0 pixels on its short side: keep one.
+            transform = T.ResizeTransform(transform.h, transform.w, max(1, transform.new_h), max(1, transform.new_w),
+                                          transform.interp)
+        resized = transform.apply_image(pixels)
         if resized.shape[0] == 0 or resized.shape[1] == 0:
             raise ValueError(f"{name}: {width}x{height} is too thin to resize to the test size")
         model_input = {
@@ -131,6 +146,10 @@ class ImagePreparer:
             instances.gt_boxes = Boxes(torch.as_tensor(given_boxes * scale, dtype=torch.float32))
             instances.gt_classes = torch.as_tensor(classes, dtype=torch.int64)
             model_input["instances"] = instances
+        if self.max_side is not None and max(rgb.shape[:2]) > self.max_side:  # the copy for drawing: reduced
+            scale = self.max_side / max(rgb.shape[:2])
+            size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+            rgb = cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA)
         return PreparedImage(model_input, np.ascontiguousarray(rgb), file)
 
     def _given_boxes(self, name, boxes, labels, height, width) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -222,15 +241,19 @@ class SceneGraphPredictor:
             :func:`resolve_class_names` (``dataset`` is looked at first).
         model: an already built model to use instead of building one and loading ``MODEL.WEIGHTS`` (e.g. a
             trainer's); it is put in eval mode.
+        reduced_decode: decode image files larger than the test size at a reduced scale (faster; the scores then
+            differ slightly from those of the same image given as an array: :class:`ImagePreparer`).
 
     Raises:
         CheckpointError: weights that are missing, unreadable or do not fit the config (kern_d2.checkpoint).
+        kern_d2.config_check.ConfigError: a file the config names is missing, e.g. the priors file when the weights
+            carry no priors (a ValueError; weights of a trained kern_d2 relation model carry theirs, which win).
         ValueError: a config the predictor cannot serve, or no class names.
     """
 
     def __init__(self, cfg, *, top_k: int = 20, batch_size: int = 4, thing_classes: Optional[Sequence[str]] = None,
                  predicate_classes: Optional[Sequence[str]] = None, dataset: Optional[str] = None,
-                 model: Optional[torch.nn.Module] = None):
+                 model: Optional[torch.nn.Module] = None, reduced_decode: bool = False):
         self.cfg = cfg.clone()
         rel = cfg.MODEL.ROI_RELATION_HEAD
         self.mode = sgg_mode(rel.USE_GT_BOX, rel.USE_GT_OBJECT_LABEL)
@@ -252,18 +275,21 @@ class SceneGraphPredictor:
         if len(self.predicate_classes) != rel.NUM_PREDICATES:
             logger.warning(f"{len(self.predicate_classes)} predicate names (incl. no relation) but "
                            f"MODEL.ROI_RELATION_HEAD.NUM_PREDICATES = {rel.NUM_PREDICATES}")
-        self.prepare = ImagePreparer(cfg, self.thing_classes)
+        self.prepare = ImagePreparer(cfg, self.thing_classes, reduced_decode=reduced_decode)
 
     @staticmethod
     def _load_model(cfg) -> Tuple[torch.nn.Module, dict]:
-        """build_model + MODEL.WEIGHTS through SGGCheckpointer; returns (model, the checkpoint's other entries)."""
-        model = build_model(cfg)
+        """build_model + MODEL.WEIGHTS through SGGCheckpointer; returns (model, the checkpoint's other entries).
+        The config is checked first (:func:`kern_d2.config_check.check_config`); the weights' priors win, so the
+        priors file need not exist when the weights carry priors."""
         weights = cfg.MODEL.WEIGHTS
+        if weights and "://" not in weights and not os.path.isfile(weights):
+            raise CheckpointError(f"MODEL.WEIGHTS {weights}: no such file")
+        check_config(cfg, "predict")
+        model = build_model(cfg_for_weights(cfg, weights))
         if not weights:
             logger.warning("MODEL.WEIGHTS is empty: the model is untrained and its scene graphs are meaningless")
             return model, {}
-        if "://" not in weights and not os.path.isfile(weights):
-            raise CheckpointError(f"MODEL.WEIGHTS {weights}: no such file")
         return model, SGGCheckpointer(model, for_inference=True).load(weights) or {}
 
     def __call__(self, images: Union[Image, Sequence[Image]], boxes=None, labels=None):

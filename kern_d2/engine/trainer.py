@@ -9,7 +9,6 @@ import weakref
 
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import (
     AMPTrainer,
@@ -25,7 +24,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from kern_d2.checkpoint import SGGCheckpointer
-from kern_d2.config import add_kern_config
+from kern_d2.config_check import load_config
 from kern_d2.data import CompactTransfer, SGGDatasetMapper, filter_images_without_overlapping_pairs
 from kern_d2.evaluation import SceneGraphEvaluator
 from kern_d2.solver import build_sgg_optimizer
@@ -241,13 +240,9 @@ def best_metric_key(cfg) -> str:
 
 
 def load_cfg(args):
-    """Config from ``--config-file`` and ``opts`` with kern_d2's keys (frozen)."""
-    cfg = get_cfg()
-    add_kern_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    return cfg
+    """Config from ``--config-file`` and ``opts`` with kern_d2's keys (frozen); a bad key or value is a one-line
+    :class:`kern_d2.config_check.ConfigError` ("did you mean ...")."""
+    return load_config(args.config_file, args.opts)
 
 
 def amp_precision(cfg) -> torch.dtype:
