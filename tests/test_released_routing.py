@@ -137,23 +137,24 @@ def test_predcls_equals_released_port():
         torch.testing.assert_close(ours, expected, rtol=0, atol=1e-10)
 
 
+def same_weights_other_keys(seed, **keys):
+    """(released routing, a routing built with ``keys`` overriding the variant, same weights, random pair inputs)."""
+    _, released = make_relation_pair(torch.Generator().manual_seed(seed))
+    other = RelationRouting(**RelationRouting.from_config(released_cfg(**keys), FO, FU)).double()
+    other.load_state_dict(released.state_dict())
+    n = 4
+    args = (torch.randn(n, FO, dtype=torch.float64), torch.randn(n, FO, dtype=torch.float64),
+            torch.randn(n, FU, dtype=torch.float64), torch.rand(n, P, dtype=torch.float64))
+    return released, other, args
+
+
 def test_fused_gates_follow_the_tied_message():
     # The fused gate kernels (kern_d2._C) take the same tied weights as the eager path.
-    g = torch.Generator().manual_seed(5)
-    _, eager = make_relation_pair(g)
-    fused = RelationRouting(**RelationRouting.from_config(released_cfg(GATE_IMPL="fused"), FO, FU)).double()
-    fused.load_state_dict(eager.state_dict())
-    args = (torch.randn(4, FO, dtype=torch.float64), torch.randn(4, FO, dtype=torch.float64),
-            torch.randn(4, FU, dtype=torch.float64), torch.rand(4, P, dtype=torch.float64))
+    eager, fused, args = same_weights_other_keys(5, GATE_IMPL="fused")
     torch.testing.assert_close(fused(*args), eager(*args), rtol=0, atol=1e-10)
 
 
 def test_untied_message_differs_from_the_released_port():
     # The kern_d2 reading ([m; 0] / [0; m]) is a different function: the port test can fail.
-    g = torch.Generator().manual_seed(4)
-    rel_params, tied = make_relation_pair(g)
-    untied = RelationRouting(**RelationRouting.from_config(released_cfg(RELATION_MESSAGE="untied"), FO, FU)).double()
-    untied.load_state_dict(tied.state_dict())
-    args = (torch.randn(3, FO, dtype=torch.float64), torch.randn(3, FO, dtype=torch.float64),
-            torch.randn(3, FU, dtype=torch.float64), torch.rand(3, P, dtype=torch.float64))
+    tied, untied, args = same_weights_other_keys(4, RELATION_MESSAGE="untied")
     assert (tied(*args) - untied(*args)).abs().max() > 1e-3

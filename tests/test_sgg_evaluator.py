@@ -112,13 +112,14 @@ def run(evaluator, dicts, outputs, indices):
 def test_evaluator_equals_compute_sgg_metrics_and_writes_files(mode, tmp_path):
     dicts, outputs = make_dataset(seed=0)
     if mode == "predcls":  # PredCls outputs carry the gt boxes, index-aligned
+        generator = torch.Generator().manual_seed(0)  # the scores must not depend on which tests ran before
         for d, output in zip(dicts, outputs):
             output["instances"] = Instances((100, 100))
             output["instances"].pred_boxes = Boxes(torch.tensor(gt_from_dataset_dict(d)["boxes"]))
             num = len(d["annotations"])
             pairs = torch.tensor([(i, j) for i in range(num) for j in range(num) if i != j])
             output["rel_pair_idxs"] = pairs
-            output["rel_scores"] = torch.rand(len(pairs), len(PREDICATE_CLASSES))
+            output["rel_scores"] = torch.rand(len(pairs), len(PREDICATE_CLASSES), generator=generator)
     name = register(dicts)
     evaluator = SceneGraphEvaluator(name, mode, output_dir=str(tmp_path), ks=(2, 5, 10),
                                     zero_shot_triplets={(0, 1, 1), (1, 2, 3)}, distributed=False)

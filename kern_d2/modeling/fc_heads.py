@@ -6,6 +6,7 @@ box head's names (``fc1``, ``fc2``, ...), so the detector's weights copy over by
 """
 from typing import List
 
+import fvcore.nn.weight_init as weight_init
 import numpy as np
 import torch
 from torch import nn
@@ -47,8 +48,7 @@ class DropoutFCHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         for k, dim in enumerate(fc_dims):
             fc = nn.Linear(size, dim)
-            nn.init.xavier_uniform_(fc.weight)  # as Detectron2's box head (c2_xavier_fill); the detector's copy replaces it
-            nn.init.zeros_(fc.bias)
+            weight_init.c2_xavier_fill(fc)  # as Detectron2's box head; the detector's weights replace it at load
             self.add_module(f"fc{k + 1}", fc)
             size = dim
         self._output_size = size
