@@ -177,21 +177,22 @@ def test_gqa_bad_input_is_named(tmp_path):
             load_gqa_sgg(path, str(tmp_path / "GQA_200_ID_Info.json"), str(tmp_path), "train", missing_images="ignore")
 
 
-@pytest.mark.parametrize("folder, classes, predicates", [("OI-KERN", 601, 31), ("GQA-KERN", 200, 101)])
-def test_configs_have_the_published_class_counts(folder, classes, predicates):
+@pytest.mark.parametrize("folder, prefix, classes, predicates",
+                         [("OI-KERN", "", 601, 31), ("OI-KERN", "oiv4_", 57, 10), ("GQA-KERN", "", 200, 101)])
+def test_configs_have_the_published_class_counts(folder, prefix, classes, predicates):
     """Open Images V6: 601 classes in categories_dict.json, 30 predicates (PySGG's OI V6 config: 602 / 31 with
-    the background); GQA-200: 200 / 100 (SHA-GCL)."""
+    the background); V4 (the ``oiv4_*`` configs): 57 / 9 (PySGG: 58 / 10); GQA-200: 200 / 100 (SHA-GCL)."""
     from detectron2.config import get_cfg
 
     from kern_d2.config import add_kern_config
 
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", folder)
-    names = sorted(os.listdir(root))
+    names = sorted(n[len(prefix):] for n in os.listdir(root) if n.startswith("oiv4_") == (prefix == "oiv4_"))
     assert {"kern_predcls.yaml", "kern_sgcls.yaml", "kern_sgdet.yaml", "faster_rcnn_R_101_FPN.yaml"} <= set(names)
     for name in names:
         cfg = get_cfg()
         add_kern_config(cfg)
-        cfg.merge_from_file(os.path.join(root, name))
+        cfg.merge_from_file(os.path.join(root, prefix + name))
         assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == classes, name
         assert all(d in DatasetCatalog.list() for d in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST), name
         if name.startswith("kern_"):

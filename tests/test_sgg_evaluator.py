@@ -233,6 +233,29 @@ def test_from_cfg_mode_and_zero_shot_triplets_from_the_training_set():
     assert "zR@4" not in SceneGraphEvaluator.from_cfg(cfg, test_name, distributed=False).evaluate().get("sgg", {})
 
 
+def test_from_cfg_without_the_train_files_reports_no_zero_shot_recall(tmp_path):
+    """--eval-only with DATASETS.TRAIN left at a registered dataset whose files are absent (the config's default,
+    say toy_train): no zR@K, instead of a FileNotFoundError after the whole inference."""
+    from kern_d2.data import register_toy
+
+    test_dicts, outputs = make_dataset(seed=3)
+    test_name, prefix = register(test_dicts), f"absent_{uuid.uuid4().hex[:6]}"
+    register_toy(str(tmp_path / "absent"), prefix=prefix)
+    cfg = add_kern_config(get_cfg())
+    cfg.MODEL.ROI_RELATION_HEAD.USE_GT_BOX = False  # sgdet: the fake outputs' boxes are not the gt boxes
+    cfg.MODEL.ROI_RELATION_HEAD.USE_GT_OBJECT_LABEL = False
+    cfg.DATASETS.TRAIN = (f"{prefix}_train",)
+    evaluator = SceneGraphEvaluator.from_cfg(cfg, test_name, distributed=False)
+    try:
+        run(evaluator, test_dicts, outputs, range(len(test_dicts)))
+        results = evaluator.evaluate()["sgg"]
+    finally:
+        for split in ("train", "val", "test"):
+            DatasetCatalog.remove(f"{prefix}_{split}")
+            MetadataCatalog.remove(f"{prefix}_{split}")
+    assert "R@20" in results and not any(key.startswith(("zR", "ng-zR")) for key in results)
+
+
 def test_mode_from_cfg():
     cfg = add_kern_config(get_cfg())
     rel = cfg.MODEL.ROI_RELATION_HEAD

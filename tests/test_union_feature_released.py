@@ -169,6 +169,16 @@ def test_encoder_training_mode_equals_the_port_and_updates_running_statistics():
     assert torch.equal(encoder.bn1.running_mean, before)
 
 
+def test_encoder_on_no_pairs_gives_every_parameter_a_zero_gradient():
+    # DistributedDataParallel fails the next step when a rank's step left parameters without a gradient: SGDet on
+    # several GPUs with a batch without pairs on one of them.
+    encoder, head = make_released()
+    encoder.train(), head.train()
+    head(encoder(torch.zeros(0, 2, MASK_SIZE, MASK_SIZE, dtype=torch.float64))).sum().backward()
+    for name, parameter in [*encoder.named_parameters(), *head.named_parameters()]:
+        assert parameter.grad is not None and not parameter.grad.any(), name
+
+
 def test_head_dropout_only_in_training():
     _, head = make_released()
     x = torch.randn(6, CHANNELS, RESOLUTION, RESOLUTION, dtype=torch.float64)

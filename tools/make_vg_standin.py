@@ -2,11 +2,11 @@
 """Write a Visual Genome stand-in (VG150 layout and shape, generated pictures) where the VG files would go.
 
     python tools/make_vg_standin.py --output datasets/vg --train-images 5000 --test-images 2000
-    KERN_VG_MISSING_IMAGES=skip python tools/train_net.py --config-file configs/VG-KERN/kern_predcls.yaml ...
+    KERN_MISSING_IMAGES=skip python tools/train_net.py --config-file configs/VG-KERN/kern_predcls.yaml ...
 
 The h5 index has VG150's 108,073 rows (``--rows`` for fewer); JPEGs are written for the first --train-images
 train-split and --test-images test-split rows only, so the builtin vg150_* names need
-``KERN_VG_MISSING_IMAGES=skip`` (the loader then drops the rows without a file, counted and logged). What the
+``KERN_MISSING_IMAGES=skip`` (the loader then drops the rows without a file, counted and logged). What the
 pictures show: kern_d2/data/vg_standin.py.
 """
 import argparse

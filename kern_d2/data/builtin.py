@@ -6,8 +6,7 @@ Root: ``$KERN_DATASETS`` (default ``datasets``, relative to the working director
   Scene-Graph-Benchmark file most users have) if it exists, else ``VG-SGG.h5``; likewise
   ``VG-SGG-dicts-with-attri.json`` / ``VG-SGG-dicts.json``; ``image_data.json``; images in ``VG_100K/``.
   val = the first ``$KERN_VG_NUM_VAL`` train-split images (default 5,000, the published convention; set it lower
-  for a small VG-layout dataset, whose train split would otherwise all become val). Missing image files:
-  ``$KERN_VG_MISSING_IMAGES`` (``error``, the default, ``skip`` or ``ignore``; see :func:`load_vg_sgg`).
+  for a small VG-layout dataset, whose train split would otherwise all become val).
 - ``toy_train``, ``toy_val``, ``toy_test`` under ``<root>/toy/`` (``tools/make_toy_dataset.py``), same file names
   as VG (plain variant); val size from the h5's ``num_val_images`` attribute.
 - ``synth_train``, ``synth_val``, ``synth_test`` under ``<root>/synth/`` (``tools/make_synth_dataset.py``, the
@@ -15,6 +14,11 @@ Root: ``$KERN_DATASETS`` (default ``datasets``, relative to the working director
 - ``oiv6_{train,val,test}`` under ``<root>/oiv6/`` and ``oiv4_*`` under ``<root>/oiv4/``: the processed Open Images
   layout of BGNN / PySGG (``annotations/``, ``images/``; see :mod:`kern_d2.data.oi`).
 - ``gqa200_{train,val,test}`` under ``<root>/gqa/``: GQA-200 of SHA-GCL (see :mod:`kern_d2.data.gqa`).
+
+Missing image files of ``vg150_*``, ``oiv6_*``, ``oiv4_*`` and ``gqa200_*`` (the downloaded datasets): one policy,
+``$KERN_MISSING_IMAGES`` = ``error`` (the default: loading fails, naming the missing files), ``skip`` (those images
+are dropped, counted and logged) or ``ignore`` (not checked); see :func:`kern_d2.data.vg.load_vg_sgg`. For
+``vg150_*``, ``$KERN_VG_MISSING_IMAGES`` (its earlier name) is read when ``$KERN_MISSING_IMAGES`` is not set.
 
 The names are registered even when the files are absent; loading them then fails naming the missing file. Class
 names are read on first use (:mod:`kern_d2.data.registration`), so a broken file of one dataset (say a partial
@@ -28,7 +32,8 @@ from .image_files import MISSING_IMAGE_POLICIES
 from .oi import OI_SPLITS, register_oi_sgg
 from .vg import NUM_VAL_ENV, SPLITS, register_vg_sgg
 
-MISSING_IMAGES_ENV = "KERN_VG_MISSING_IMAGES"
+MISSING_IMAGES_ENV = "KERN_MISSING_IMAGES"  # vg150_*, oiv6_*, oiv4_*, gqa200_*
+VG_MISSING_IMAGES_ENV = "KERN_VG_MISSING_IMAGES"  # its earlier name, vg150_* only (read when the other is unset)
 
 
 def _first_existing(folder: str, names) -> str:
@@ -73,24 +78,36 @@ def register_gqa200(root: str, prefix: str = "gqa200", **kwargs):
         register_gqa_sgg(f"{prefix}_{split}", root, split, **kwargs)
 
 
+def missing_images_from_env(environ=os.environ, earlier_name: str = None) -> str:
+    """The missing-image policy of the builtin names: ``$KERN_MISSING_IMAGES``, else ``earlier_name`` (an earlier
+    variable of the same meaning) when given and set, else ``error``. An unknown value is a ValueError naming the
+    variable."""
+    for name in (MISSING_IMAGES_ENV, earlier_name):
+        value = environ.get(name, "").strip() if name else ""
+        if value:
+            if value not in MISSING_IMAGE_POLICIES:
+                raise ValueError(f"${name} must be one of {MISSING_IMAGE_POLICIES}, got {value!r}")
+            return value
+    return "error"
+
+
 def vg150_settings_from_env(environ=os.environ) -> dict:
-    """``load_vg_sgg`` kwargs of the builtin vg150_* names from ``$KERN_VG_NUM_VAL`` and
-    ``$KERN_VG_MISSING_IMAGES`` (absent: the published convention, 5,000 val images, missing files an error)."""
-    num_val, missing = environ.get(NUM_VAL_ENV, "5000"), environ.get(MISSING_IMAGES_ENV, "error")
+    """``load_vg_sgg`` kwargs of the builtin vg150_* names from ``$KERN_VG_NUM_VAL`` and ``$KERN_MISSING_IMAGES``
+    (or ``$KERN_VG_MISSING_IMAGES``; absent: the published convention, 5,000 val images, missing files an error)."""
+    num_val = environ.get(NUM_VAL_ENV, "5000")
     if not num_val.strip().isdigit():
         raise ValueError(f"${NUM_VAL_ENV} must be a non-negative integer (the vg150_val size), got {num_val!r}")
-    if missing not in MISSING_IMAGE_POLICIES:
-        raise ValueError(f"${MISSING_IMAGES_ENV} must be one of {MISSING_IMAGE_POLICIES}, got {missing!r}")
-    return {"num_val_images": int(num_val), "missing_images": missing}
+    return {"num_val_images": int(num_val), "missing_images": missing_images_from_env(environ, VG_MISSING_IMAGES_ENV)}
 
 
 def register_all_builtin(root: str):
     register_vg150(os.path.join(root, "vg"), **vg150_settings_from_env())
     register_toy(os.path.join(root, "toy"))
     register_toy(os.path.join(root, "synth"), prefix="synth")
-    register_open_images(os.path.join(root, "oiv6"), "oiv6")
-    register_open_images(os.path.join(root, "oiv4"), "oiv4")
-    register_gqa200(os.path.join(root, "gqa"))
+    downloaded = {"missing_images": missing_images_from_env()}
+    register_open_images(os.path.join(root, "oiv6"), "oiv6", **downloaded)
+    register_open_images(os.path.join(root, "oiv4"), "oiv4", **downloaded)
+    register_gqa200(os.path.join(root, "gqa"), **downloaded)
 
 
 register_all_builtin(os.environ.get("KERN_DATASETS", "datasets"))

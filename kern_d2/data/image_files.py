@@ -39,7 +39,8 @@ def check_image_files(file_names: List[str], policy: str, source: str, logger: l
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         raise FileNotFoundError(
             f"{source}: {len(missing)} of {len(file_names)} image files are missing: {shown} "
-            f"(pass missing_images='skip' to drop those images, or 'ignore' to not check)"
+            f"(pass missing_images='skip' to drop those images, or 'ignore' to not check; for the builtin vg150_*, "
+            f"oiv6_*, oiv4_* and gqa200_* names set KERN_MISSING_IMAGES=skip or ignore)"
         )
     if missing:
         logger.warning(f"{source}: skipped {len(missing)} images whose files are missing, e.g. {missing[0]}")

@@ -8,7 +8,7 @@ What it writes (the files of ``datasets/vg/``, so the builtin ``vg150_*`` names 
 - ``VG-SGG-dicts.json``; ``image_data.json`` with one entry per row plus the four corrupt VG ids, as VG's has;
 - ``VG_100K/<image_id>.jpg`` at VG's sizes (longest side 500-1,280) for the first ``train_images`` train-split
   and the first ``test_images`` test-split rows only: the index references more images than exist, which the
-  loader skips with ``missing_images="skip"`` (``KERN_VG_MISSING_IMAGES=skip`` for the builtin names).
+  loader skips with ``missing_images="skip"`` (``KERN_MISSING_IMAGES=skip`` for the builtin names).
 
 Signal: each class is one shape and colour of the toy dataset's drawing (:func:`kern_d2.data.shapes.draw_shape`),
 drawn exactly where its box is, on the toy's textured background; class frequencies are long-tailed. Each

@@ -165,12 +165,23 @@ class SceneGraphEvaluator(DatasetEvaluator):
     @classmethod
     def from_cfg(cls, cfg, dataset_name: str, output_dir: str = None, distributed: bool = True):
         """Mode from MODEL.ROI_RELATION_HEAD, K / IoU options from TEST.SGG; zR@K over the triplets of
-        ``dataset_name`` never seen in DATASETS.TRAIN[0] when that dataset is registered."""
+        ``dataset_name`` never seen in DATASETS.TRAIN[0] when that dataset is registered and its files exist (at
+        ``--eval-only`` the train set may be absent: then no zR@K, with a warning, rather than a failure after the
+        whole inference)."""
+        from kern_d2.data.registration import missing_dataset_files
+
         evaluator = cls(dataset_name, mode_from_cfg(cfg), output_dir, ks=tuple(cfg.TEST.SGG.KS),
                         iou_thresh=cfg.TEST.SGG.IOU_THRESH, legacy_iou=cfg.TEST.SGG.LEGACY_IOU,
                         distributed=distributed)
-        if len(cfg.DATASETS.TRAIN) and cfg.DATASETS.TRAIN[0] in DatasetCatalog.list():
-            evaluator.set_zero_shot_triplets(unseen_triplets(cfg.DATASETS.TRAIN[0], evaluator.gts()))
+        train = cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else None
+        if train is not None and train in DatasetCatalog.list():
+            missing = missing_dataset_files(train)
+            if missing:
+                logging.getLogger(__name__).warning(
+                    f"zR@K is not computed: DATASETS.TRAIN[0] {train} cannot be loaded ({missing[0]} does not "
+                    "exist); name the train set the model was trained on in DATASETS.TRAIN to get it")
+            else:
+                evaluator.set_zero_shot_triplets(unseen_triplets(train, evaluator.gts()))
         return evaluator
 
     @property

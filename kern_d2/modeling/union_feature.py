@@ -84,7 +84,10 @@ class ReleasedSpatialMaskEncoder(nn.Module):
     def forward(self, masks: torch.Tensor) -> torch.Tensor:
         if masks.shape[0] == 0:  # BatchNorm's training statistics of an empty batch would be NaN
             side = _released_encoder_output_size(masks.shape[-1])
-            return masks.new_zeros((0, self.conv2.out_channels, side, side))
+            # The parameters still join the graph (zero gradients): DistributedDataParallel fails the next step when
+            # a rank's step left parameters without a gradient (SGDet: a batch without pairs on one GPU).
+            unused = sum(p.sum() for p in self.parameters()) * 0.0
+            return masks.new_zeros((0, self.conv2.out_channels, side, side)) + unused
         x = self.bn1(F.relu(self.conv1(masks)))
         x = F.max_pool2d(x, 3, stride=2, padding=1)
         return self.bn2(F.relu(self.conv2(x)))
