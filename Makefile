@@ -1,7 +1,7 @@
 # kern_d2: the two commands of the README, plus helpers. Every target installs what it needs first (idempotent).
 PY := .venv/bin/python
 
-.PHONY: install demo test test-gpu cuda-build bench clean
+.PHONY: install demo test cuda-build clean
 
 install:
 	bash scripts/install.sh

@@ -119,7 +119,7 @@ def prediction_from_output(output: dict, image_id) -> dict:
 
 
 class SceneGraphEvaluator(DatasetEvaluator):
-    """R@K, ng-R@K, mR@K, ng-mR@K and zR@K of scene graph predictions (definitions in docs/metrics.md), plus the
+    """R@K, ng-R@K, mR@K, ng-mR@K and zR@K of scene graph predictions (definitions in README.md, "Metrics"), plus the
     Open Images metrics (oi-R@50, mAP/wmAP_rel, mAP/wmAP_phr, score_wtd; :mod:`.oi_metrics`) for datasets whose
     metadata ``evaluator_type`` is ``"sgg_oi"``.
 

@@ -1,4 +1,4 @@
-"""Scene graph recall metrics: R@K, ng-R@K, mR@K, ng-mR@K, zR@K and ng-zR@K (definitions in docs/metrics.md).
+"""Scene graph recall metrics: R@K, ng-R@K, mR@K, ng-mR@K, zR@K and ng-zR@K (definitions in README.md, "Metrics").
 
 Per image, :func:`image_hits` ranks the predicted triplets (graph constraint: one predicate per pair; no graph
 constraint "ng": every pair x predicate) and records, for each gt triplet, the rank of the first top-K prediction

@@ -20,7 +20,6 @@ ROI_RELATION_HEAD_REGISTRY.__doc__ = "Relation predictors of KERNROIHeads: union
 class KERN(nn.Module):
     """Knowledge-embedded relation routing (gated graph over subject, object and P predicate nodes)."""
 
-    trainable = True
     uses_union_features = True
 
     def __init__(self, cfg, union_dim: int, object_dim: int):
@@ -35,7 +34,6 @@ class KERN(nn.Module):
 class VRFC(nn.Module):
     """The paper's baseline: a linear classifier on the union feature alone."""
 
-    trainable = True
     uses_union_features = True
 
     def __init__(self, cfg, union_dim: int, object_dim: int):
@@ -50,7 +48,6 @@ class VRFC(nn.Module):
 class FREQ(nn.Module):
     """Predicate from the class-pair prior alone (no learned parameters): logits = log prior."""
 
-    trainable = False
     uses_union_features = False
 
     def __init__(self, cfg, union_dim: int, object_dim: int):
