@@ -173,3 +173,22 @@ def resolve_variant(cfg) -> dict:
         value = float(cfg.SOLVER.get(key, -1.0))
         resolved[key] = value if value >= 0 else values[column]
     return resolved
+
+
+SGG_MODES = ("predcls", "sgcls", "sgdet")
+
+
+def sgg_mode(use_gt_box: bool, use_gt_object_label: bool) -> str:
+    """The task of a (``USE_GT_BOX``, ``USE_GT_OBJECT_LABEL``) setting: "predcls", "sgcls" or "sgdet"."""
+    if use_gt_box:
+        return "predcls" if use_gt_object_label else "sgcls"
+    if use_gt_object_label:
+        raise ValueError("MODEL.ROI_RELATION_HEAD: USE_GT_OBJECT_LABEL=True needs USE_GT_BOX=True (gt labels belong "
+                         "to gt boxes); SGDet is USE_GT_BOX=False, USE_GT_OBJECT_LABEL=False")
+    return "sgdet"
+
+
+def sgg_mode_from_cfg(cfg) -> str:
+    """:func:`sgg_mode` of ``cfg.MODEL.ROI_RELATION_HEAD``."""
+    rel = cfg.MODEL.ROI_RELATION_HEAD
+    return sgg_mode(rel.USE_GT_BOX, rel.USE_GT_OBJECT_LABEL)

@@ -18,6 +18,8 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from kern_d2.config import sgg_mode_from_cfg
+
 from .oi_metrics import OI_EVALUATOR_TYPE, OI_METRICS, OIMetricAccumulator
 from .sgg_metrics import (
     MODES,
@@ -37,14 +39,7 @@ _TRAIN_TRIPLET_CACHE: Dict[str, np.ndarray] = {}
 
 def mode_from_cfg(cfg) -> str:
     """``predcls`` / ``sgcls`` / ``sgdet`` from MODEL.ROI_RELATION_HEAD.USE_GT_BOX and USE_GT_OBJECT_LABEL."""
-    use_gt_box = cfg.MODEL.ROI_RELATION_HEAD.USE_GT_BOX
-    use_gt_label = cfg.MODEL.ROI_RELATION_HEAD.USE_GT_OBJECT_LABEL
-    if use_gt_box:
-        return "predcls" if use_gt_label else "sgcls"
-    if use_gt_label:
-        raise ValueError("MODEL.ROI_RELATION_HEAD: USE_GT_OBJECT_LABEL=True needs USE_GT_BOX=True (gt labels belong "
-                         "to gt boxes); SGDet is USE_GT_BOX=False, USE_GT_OBJECT_LABEL=False")
-    return "sgdet"
+    return sgg_mode_from_cfg(cfg)
 
 
 def gt_from_dataset_dict(record: dict, dataset_name: str = "") -> dict:

@@ -13,7 +13,7 @@ from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads import build_box_head
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
-from kern_d2.config import resolve_variant
+from kern_d2.config import resolve_variant, sgg_mode  # noqa: F401 (sgg_mode: also imported from here)
 from kern_d2.config_check import check_priors_file
 from kern_d2.data.registration import check_classes_match_config
 from kern_d2.layers import PairUnionPooler
@@ -32,15 +32,6 @@ from .relation_heads import build_relation_head
 from .union_feature import ReleasedUnionFCHead, UnionFeatureExtractor
 
 logger = logging.getLogger(__name__)
-
-
-def sgg_mode(use_gt_box: bool, use_gt_object_label: bool) -> str:
-    """The task name of a (USE_GT_BOX, USE_GT_OBJECT_LABEL) setting."""
-    if use_gt_box:
-        return "predcls" if use_gt_object_label else "sgcls"
-    if use_gt_object_label:
-        raise ValueError("MODEL.ROI_RELATION_HEAD: USE_GT_OBJECT_LABEL=True needs USE_GT_BOX=True (no such mode)")
-    return "sgdet"
 
 
 def _dataset_metadata(cfg) -> Tuple[Optional[list], Optional[list], Optional[str]]:
