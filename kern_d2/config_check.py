@@ -35,6 +35,7 @@ from typing import List, Sequence, Tuple
 __all__ = [
     "ConfigError",
     "MissingFileError",
+    "check_classes_match_config",
     "check_config",
     "check_priors_file",
     "cfg_for_weights",
@@ -179,6 +180,27 @@ def _check_datasets(cfg, key: str, names: Sequence[str]) -> None:
                 f"{key}: dataset {name} cannot be loaded: {missing[0]} does not exist{more}. Put the dataset's files "
                 "there (datasets/README.md; the builtin names read $KERN_DATASETS, default ./datasets) or register "
                 "it with the right paths"
+            )
+
+
+def check_classes_match_config(dataset_names: Sequence[str], num_classes: int, num_predicates: int) -> None:
+    """Raise ValueError when a registered dataset's class lists do not have the config's sizes (C object classes,
+    P predicates with "no relation"), before any training step. Datasets whose classes are not known yet (their
+    class file is absent) are not checked here: their loader checks every label against its own lists. Used when
+    the model (:mod:`kern_d2.modeling.roi_heads`) and the mapper are built."""
+    from detectron2.data import MetadataCatalog
+
+    for name in dataset_names:
+        meta = MetadataCatalog.get(name)
+        things, predicates = meta.get("thing_classes", None), meta.get("predicate_classes", None)
+        if things is not None and len(things) != num_classes:
+            raise ValueError(
+                f"dataset {name} has {len(things)} object classes but MODEL.ROI_HEADS.NUM_CLASSES is {num_classes}"
+            )
+        if predicates is not None and len(predicates) != num_predicates:
+            raise ValueError(
+                f"dataset {name} has {len(predicates)} predicates ('no relation' included) but "
+                f"MODEL.ROI_RELATION_HEAD.NUM_PREDICATES is {num_predicates}"
             )
 
 

@@ -2,6 +2,8 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -337,6 +339,19 @@ def test_register_sets_classes_lazily_when_dicts_absent(tmp_path, vg_writer):
     finally:
         DatasetCatalog.remove("test_vg_lazy_test")
         MetadataCatalog.remove("test_vg_lazy_test")
+
+
+def test_importing_the_model_registers_no_dataset_and_the_builtins_register_once():
+    """``import kern_d2.modeling`` leaves the catalog alone; ``import kern_d2.data`` registers the builtins, and a
+    reload of the builtin module skips the names registered already (no "already registered" error)."""
+    code = (
+        "import importlib; import kern_d2.modeling; from detectron2.data import DatasetCatalog\n"
+        "assert not any(n.startswith(('vg150', 'toy', 'synth', 'oiv', 'gqa200')) for n in DatasetCatalog.list())\n"
+        "import kern_d2.data.builtin as builtin; names = DatasetCatalog.list(); assert 'vg150_train' in names\n"
+        "importlib.reload(builtin); assert DatasetCatalog.list() == names\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_builtin_names_registered():

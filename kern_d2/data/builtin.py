@@ -1,4 +1,5 @@
-"""Builtin dataset names, registered on ``import kern_d2.data`` (like Detectron2's builtin.py).
+"""Builtin dataset names, registered once, by the first ``import kern_d2.data`` (like Detectron2's builtin.py);
+names registered already (a reload, the user's own) are skipped. ``import kern_d2.modeling`` registers none.
 
 Root: ``$KERN_DATASETS`` (default ``datasets``, relative to the working directory).
 
@@ -26,6 +27,8 @@ names are read on first use (:mod:`kern_d2.data.registration`), so a broken file
 datasets: :mod:`kern_d2.data.user_datasets` (``--register``, ``$KERN_REGISTER``).
 """
 import os
+
+from detectron2.data import DatasetCatalog
 
 from .gqa import GQA_SPLITS, register_gqa_sgg
 from .image_files import MISSING_IMAGE_POLICIES
@@ -100,14 +103,28 @@ def vg150_settings_from_env(environ=os.environ) -> dict:
     return {"num_val_images": int(num_val), "missing_images": missing_images_from_env(environ, VG_MISSING_IMAGES_ENV)}
 
 
+def _registered(prefix: str, splits) -> bool:
+    """Whether a name of ``<prefix>_<split>`` is registered already (an earlier import, a reload, the user)."""
+    registered = set(DatasetCatalog.list())
+    return any(f"{prefix}_{split}" in registered for split in splits)
+
+
 def register_all_builtin(root: str):
-    register_vg150(os.path.join(root, "vg"), **vg150_settings_from_env())
-    register_toy(os.path.join(root, "toy"))
-    register_toy(os.path.join(root, "synth"), prefix="synth")
+    """Register the builtin names under ``root``; a set whose names are registered already is skipped, so a second
+    call (a reload of this module) registers nothing and raises nothing."""
+    if not _registered("vg150", SPLITS):
+        register_vg150(os.path.join(root, "vg"), **vg150_settings_from_env())
+    for prefix in ("toy", "synth"):
+        if not _registered(prefix, SPLITS):
+            register_toy(os.path.join(root, prefix), prefix=prefix)
     downloaded = {"missing_images": missing_images_from_env()}
-    register_open_images(os.path.join(root, "oiv6"), "oiv6", **downloaded)
-    register_open_images(os.path.join(root, "oiv4"), "oiv4", **downloaded)
-    register_gqa200(os.path.join(root, "gqa"), **downloaded)
+    for prefix in ("oiv6", "oiv4"):
+        if not _registered(prefix, OI_SPLITS):
+            register_open_images(os.path.join(root, prefix), prefix, **downloaded)
+    if not _registered("gqa200", GQA_SPLITS):
+        register_gqa200(os.path.join(root, "gqa"), **downloaded)
 
 
-register_all_builtin(os.environ.get("KERN_DATASETS", "datasets"))
+# Registered once, on import of this module (as Detectron2's builtin.py: not when it runs as a script).
+if __name__.endswith(".builtin"):
+    register_all_builtin(os.environ.get("KERN_DATASETS", "datasets"))

@@ -10,9 +10,9 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode, Boxes, Instances
 
+from ..config_check import check_classes_match_config
 from ..structures import Relations
 from .arrays import DatasetFormatError
-from .registration import check_classes_match_config
 
 __all__ = ["SGGDatasetMapper", "sample_one_predicate_per_pair"]
 

@@ -8,10 +8,12 @@ and never ``import kern_d2.data``. While the class file is absent the metadata h
 None); :func:`sgg_dataset_classes` names the missing file instead.
 """
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
+
+from kern_d2.config_check import check_classes_match_config  # noqa: F401  (its earlier home)
 
 # name -> (read_classes, classes_file) of every dataset registered through register_sgg_dataset.
 _CLASS_SOURCES: Dict[str, Tuple[Callable[[], Tuple[List[str], List[str]]], str]] = {}
@@ -121,21 +123,3 @@ def register_sgg_dataset(
     if priors_file:
         metadata = dict(metadata, priors_file=priors_file)
     _sgg_metadata(name).set(**{"evaluator_type": "sgg", **metadata})  # metadata may name another type
-
-
-def check_classes_match_config(dataset_names: Sequence[str], num_classes: int, num_predicates: int) -> None:
-    """Raise ValueError when a registered dataset's class lists do not have the config's sizes (C object classes,
-    P predicates with "no relation"), before any training step. Datasets whose classes are not known yet (their
-    class file is absent) are not checked here: their loader checks every label against its own lists."""
-    for name in dataset_names:
-        meta = MetadataCatalog.get(name)
-        things, predicates = meta.get("thing_classes", None), meta.get("predicate_classes", None)
-        if things is not None and len(things) != num_classes:
-            raise ValueError(
-                f"dataset {name} has {len(things)} object classes but MODEL.ROI_HEADS.NUM_CLASSES is {num_classes}"
-            )
-        if predicates is not None and len(predicates) != num_predicates:
-            raise ValueError(
-                f"dataset {name} has {len(predicates)} predicates ('no relation' included) but "
-                f"MODEL.ROI_RELATION_HEAD.NUM_PREDICATES is {num_predicates}"
-            )

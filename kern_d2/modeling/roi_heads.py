@@ -14,8 +14,7 @@ from detectron2.modeling.roi_heads import build_box_head
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from kern_d2.config import resolve_variant, sgg_mode  # noqa: F401 (sgg_mode: also imported from here)
-from kern_d2.config_check import check_priors_file
-from kern_d2.data.registration import check_classes_match_config
+from kern_d2.config_check import check_classes_match_config, check_priors_file
 from kern_d2.layers import PairUnionPooler
 from kern_d2.structures import SceneGraphInstances, set_relation_predictions
 from kern_d2.utils.foreground_monitor import record_foreground_counts
