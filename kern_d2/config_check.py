@@ -153,7 +153,7 @@ def unregistered_dataset_error(name: str, where: str = "") -> "ConfigError":
     scene-graph datasets (not Detectron2's coco, lvis, ...), and how to register one's own."""
     from detectron2.data import DatasetCatalog
 
-    from kern_d2.data.registration import sgg_dataset_names
+    from kern_d2.data.datasets.registration import sgg_dataset_names
 
     sgg = sgg_dataset_names()
     close = difflib.get_close_matches(name, sgg, n=1, cutoff=0.6) or \
@@ -167,7 +167,7 @@ def unregistered_dataset_error(name: str, where: str = "") -> "ConfigError":
 def _check_datasets(cfg, key: str, names: Sequence[str]) -> None:
     from detectron2.data import DatasetCatalog
 
-    from kern_d2.data.registration import missing_dataset_files
+    from kern_d2.data.datasets.registration import missing_dataset_files
 
     registered = set(DatasetCatalog.list())
     for name in names:

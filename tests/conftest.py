@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from kern_d2.data.toy import generate_toy_dataset
-from kern_d2.data.vg_format import (
+from kern_d2.data.generators.toy import generate_toy_dataset
+from kern_d2.data.datasets.vg_format import (
     CORRUPT_IMAGE_IDS,
     write_image_data,
     write_vg_dicts,

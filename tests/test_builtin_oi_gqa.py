@@ -18,9 +18,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from kern_d2.config import add_kern_config
 from kern_d2.data import register_open_images
-from kern_d2.data.builtin import missing_images_from_env, vg150_settings_from_env
-from kern_d2.data.layout_fixtures import oi_image_stem, random_scene_graph_dicts, write_gqa_layout, write_oi_layout
-from kern_d2.data.registration import sgg_dataset_classes
+from kern_d2.data.datasets.builtin import missing_images_from_env, vg150_settings_from_env
+from kern_d2.data.testing import oi_image_stem, random_scene_graph_dicts, write_gqa_layout, write_oi_layout
+from kern_d2.data.datasets.registration import sgg_dataset_classes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THINGS = ["person", "horse", "hat", "cup"]
@@ -91,7 +91,7 @@ def test_every_downloaded_builtin_follows_kern_missing_images(tmp_path, vg_write
 
 def test_the_missing_image_error_names_the_variable(tmp_path):
     from kern_d2.data import load_oi_sgg
-    from kern_d2.data.oi import oi_files
+    from kern_d2.data.datasets.oi import oi_files
 
     write_oi_layout(str(tmp_path), {"test": _dicts()}, THINGS, PREDICATES, copy_images=False)
     with pytest.raises(FileNotFoundError, match=r"2 of 2 image files are missing: .*KERN_MISSING_IMAGES=skip"):

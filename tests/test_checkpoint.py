@@ -17,8 +17,8 @@ from detectron2.modeling import build_model
 import kern_d2.modeling  # noqa: F401  (registers SceneGraphRCNN, KERNROIHeads, the toy backbone)
 from kern_d2.checkpoint import UNSAFE_PICKLE_ENV, CheckpointError, SGGCheckpointer, parts_run_at_inference
 from kern_d2.config import add_kern_config
-from kern_d2.data.toy import PREDICATES as TOY_PREDICATES
-from kern_d2.data.toy import THING_CLASSES as TOY_CLASSES
+from kern_d2.data.generators.toy import PREDICATES as TOY_PREDICATES
+from kern_d2.data.generators.toy import THING_CLASSES as TOY_CLASSES
 from kern_d2.modeling.priors import save_priors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -28,8 +28,8 @@ from kern_d2.config_check import (
     weights_carry_priors,
 )
 from kern_d2.data import register_toy, register_user_datasets
-from kern_d2.data.toy import PREDICATES as TOY_PREDICATES
-from kern_d2.data.toy import THING_CLASSES as TOY_CLASSES
+from kern_d2.data.generators.toy import PREDICATES as TOY_PREDICATES
+from kern_d2.data.generators.toy import THING_CLASSES as TOY_CLASSES
 from kern_d2.engine import SceneGraphPredictor
 from kern_d2.modeling.priors import save_priors
 from kern_d2.modeling.roi_heads import build_priors

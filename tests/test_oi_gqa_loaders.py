@@ -10,9 +10,9 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from kern_d2.data import DatasetFormatError, load_gqa_sgg, load_oi_sgg, read_gqa_classes, read_oi_classes
-from kern_d2.data.gqa import gqa_files
-from kern_d2.data.layout_fixtures import oi_image_stem, random_scene_graph_dicts, write_gqa_layout, write_oi_layout
-from kern_d2.data.oi import oi_files
+from kern_d2.data.datasets.gqa import gqa_files
+from kern_d2.data.testing import oi_image_stem, random_scene_graph_dicts, write_gqa_layout, write_oi_layout
+from kern_d2.data.datasets.oi import oi_files
 
 THINGS = [f"thing{i}" for i in range(7)]
 PREDICATES = ["__no_relation__", "on", "has", "near"]

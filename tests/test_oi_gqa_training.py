@@ -12,7 +12,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from kern_d2.data import register_gqa_sgg, register_oi_sgg
-from kern_d2.data.layout_fixtures import toy_in_layout
+from kern_d2.data.testing import toy_in_layout
 from kern_d2.engine import SGGTrainer
 from kern_d2.modeling.priors import compute_priors, save_priors
 from test_kern_roi_heads import single_torch_thread, toy_kern_cfg  # noqa: F401

@@ -11,7 +11,7 @@ import pytest
 from detectron2.data import DatasetCatalog
 
 from kern_d2.data import register_oi_sgg
-from kern_d2.data.layout_fixtures import random_scene_graph_dicts, write_oi_layout
+from kern_d2.data.testing import random_scene_graph_dicts, write_oi_layout
 from kern_d2.evaluation import SceneGraphEvaluator, compute_sgg_metrics
 from kern_d2.evaluation.oi_metrics import OIMetricAccumulator, average_precision
 

@@ -25,8 +25,8 @@ from kern_d2.data import (
     register_sgg_json,
     register_vg_sgg,
 )
-from kern_d2.data.layout_fixtures import random_scene_graph_dicts, write_gqa_layout, write_oi_layout
-from kern_d2.data.registration import sgg_dataset_classes, sgg_dataset_names
+from kern_d2.data.testing import random_scene_graph_dicts, write_gqa_layout, write_oi_layout
+from kern_d2.data.datasets.registration import sgg_dataset_classes, sgg_dataset_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THINGS = ["person", "horse", "hat", "cup"]

@@ -21,7 +21,7 @@ from detectron2.structures import BoxMode
 
 from kern_d2 import add_kern_config
 from kern_d2.data import register_toy
-from kern_d2.data.vg import SPLITS
+from kern_d2.data.datasets.vg import SPLITS
 from kern_d2.engine import SceneGraphPredictor
 from kern_d2.utils.image_io import collect_image_files, read_image
 

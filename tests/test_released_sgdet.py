@@ -19,7 +19,7 @@ from detectron2.structures import Boxes, Instances
 import released_port_sgdet as ref
 from kern_d2.config import add_kern_config, resolve_variant
 from kern_d2.data import register_toy
-from kern_d2.data.synth import generate_synth_dataset
+from kern_d2.data.generators.synth import generate_synth_dataset
 from kern_d2.modeling.priors import compute_predicate_counts, compute_priors, save_priors
 from kern_d2.modeling.released_sgdet import (
     per_class_nms_mask, released_detections, released_object_targets, released_relabel,

@@ -115,7 +115,7 @@ def test_images_without_boxes_or_relations_are_left_out_counted_and_logged(tmp_p
     images = IMAGES + [dict(width=40, height=40), dict(width=40, height=40, boxes=[[0, 0, 9, 9]], labels=[1]),
                        dict(width=40, height=40, boxes=[[0, 0, 9, 9]], labels=[1])]
     paths = vg_writer(str(tmp_path), images, CLASSES, PREDICATES, write_images=True)
-    with caplog.at_level(logging.INFO, logger="kern_d2.data.vg"):
+    with caplog.at_level(logging.INFO, logger="kern_d2.data.datasets.vg"):
         assert [d["image_id"] for d in load(paths)] == [1, 2, 3]
     assert re.search(r"VG-SGG\.h5 \[train\]: left out 1 images without boxes and 2 images without relations",
                      caplog.text)

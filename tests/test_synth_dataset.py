@@ -11,7 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from kern_d2.config import add_kern_config
 from kern_d2.data import register_toy
-from kern_d2.data.synth import (
+from kern_d2.data.generators.synth import (
     CONTACT_RULES,
     HELD_OUT_TRIPLETS,
     LOOK_ALIKES,

@@ -10,7 +10,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from kern_d2.data import register_toy
-from kern_d2.data.toy import PREDICATES, THING_CLASSES, generate_toy_dataset, generate_toy_image
+from kern_d2.data.generators.toy import PREDICATES, THING_CLASSES, generate_toy_dataset, generate_toy_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,7 +12,7 @@ import torch
 
 from detectron2.modeling import build_model
 
-from kern_d2.data.toy import generate_toy_dataset
+from kern_d2.data.generators.toy import generate_toy_dataset
 from kern_d2.evaluation.sgg_evaluator import gt_from_dataset_dict, prediction_from_output
 from kern_d2.evaluation.sgg_metrics import compute_sgg_metrics
 from test_kern_roi_heads import map_dicts, register_toy_with_priors, single_torch_thread, toy_kern_cfg  # noqa: F401

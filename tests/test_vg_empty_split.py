@@ -10,7 +10,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from kern_d2.data import DatasetFormatError, load_vg_sgg, register_vg_sgg
-from kern_d2.data.builtin import vg150_settings_from_env
+from kern_d2.data.datasets.builtin import vg150_settings_from_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES, PREDICATES = ["person", "hat"], ["wears"]

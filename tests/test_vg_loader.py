@@ -347,7 +347,8 @@ def test_importing_the_model_registers_no_dataset_and_the_builtins_register_once
     code = (
         "import importlib; import kern_d2.modeling; from detectron2.data import DatasetCatalog\n"
         "assert not any(n.startswith(('vg150', 'toy', 'synth', 'oiv', 'gqa200')) for n in DatasetCatalog.list())\n"
-        "import kern_d2.data.builtin as builtin; names = DatasetCatalog.list(); assert 'vg150_train' in names\n"
+        "import kern_d2.data.datasets.builtin as builtin; names = DatasetCatalog.list()\n"
+        "assert 'vg150_train' in names\n"
         "importlib.reload(builtin); assert DatasetCatalog.list() == names\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

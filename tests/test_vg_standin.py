@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from kern_d2.data import load_vg_sgg, read_vg_classes
-from kern_d2.data.vg_format import CORRUPT_IMAGE_IDS
-from kern_d2.data.vg_standin import (
+from kern_d2.data.datasets.vg_format import CORRUPT_IMAGE_IDS
+from kern_d2.data.generators.vg_standin import (
     LAYOUTS,
     PREDICATE_LAYOUT,
     PREDICATE_TABLE,

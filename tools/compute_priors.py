@@ -30,7 +30,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 from kern_d2.config_check import unregistered_dataset_error  # noqa: E402
 from kern_d2.data import register_user_datasets  # noqa: E402
-from kern_d2.data.registration import sgg_dataset_classes  # noqa: E402
+from kern_d2.data.datasets.registration import sgg_dataset_classes  # noqa: E402
 from kern_d2.modeling.priors import compute_predicate_counts, compute_priors, save_priors  # noqa: E402
 
 

@@ -8,7 +8,7 @@ import json
 import os
 import time
 
-from kern_d2.data.synth import format_synth_statistics, generate_synth_dataset
+from kern_d2.data.generators.synth import format_synth_statistics, generate_synth_dataset
 
 
 def main(argv=None):

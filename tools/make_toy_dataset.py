@@ -6,7 +6,7 @@
 import argparse
 import time
 
-from kern_d2.data.toy import format_toy_summary, generate_toy_dataset
+from kern_d2.data.generators.toy import format_toy_summary, generate_toy_dataset
 
 
 def main(argv=None):

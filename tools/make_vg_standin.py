@@ -7,13 +7,13 @@
 The h5 index has VG150's 108,073 rows (``--rows`` for fewer); JPEGs are written for the first --train-images
 train-split and --test-images test-split rows only, so the builtin vg150_* names need
 ``KERN_MISSING_IMAGES=skip`` (the loader then drops the rows without a file, counted and logged). What the
-pictures show: kern_d2/data/vg_standin.py.
+pictures show: kern_d2/data/generators/vg_standin.py.
 """
 import argparse
 import json
 import time
 
-from kern_d2.data.vg_standin import VG_ROWS, format_standin_summary, generate_vg_standin
+from kern_d2.data.generators.vg_standin import VG_ROWS, format_standin_summary, generate_vg_standin
 
 
 def main(argv=None):

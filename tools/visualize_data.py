@@ -27,7 +27,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 import kern_d2.data  # noqa: E402,F401  (registers the builtin datasets)
 from kern_d2.config_check import ConfigError, unregistered_dataset_error  # noqa: E402
 from kern_d2.data import DatasetFormatError, register_user_datasets  # noqa: E402
-from kern_d2.data.registration import sgg_dataset_classes  # noqa: E402
+from kern_d2.data.datasets.registration import sgg_dataset_classes  # noqa: E402
 from kern_d2.utils.image_io import ImageReadError, read_image  # noqa: E402
 from kern_d2.utils.visualizer import MAX_LONG_SIDE, draw_scene_graph, save_image  # noqa: E402
 

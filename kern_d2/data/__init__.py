@@ -1,40 +1,16 @@
-"""Scene graph data: VG150, Open Images, GQA-200 and simple-JSON loaders, the SGG mapper and the toy dataset generator.
+"""Scene graph data, laid out as ``detectron2/data/``.
 
-Importing this package registers the builtin dataset names (see :mod:`kern_d2.data.builtin`).
+- :mod:`.datasets`: loaders of VG150, Open Images, GQA-200 and the simple JSON format, and their registration
+  (importing this package registers the builtin dataset names, :mod:`kern_d2.data.datasets.builtin`).
+- The training pipeline: :mod:`.mapper` (``SGGDatasetMapper``), :mod:`.transfer` (``CompactTransfer``).
+- :mod:`.generators`: the toy, synth and VG stand-in dataset generators (not imported here).
+- :mod:`.testing`: writers of the Open Images and GQA-200 file layouts, for tests and benchmarks.
+
+The names below are those of :mod:`.datasets`, the mapper and the transfer, importable from here.
 """
-from . import builtin  # noqa: F401  (registers vg150_* and toy_*)
-from .arrays import DatasetFormatError, filter_images_without_overlapping_pairs
-from .builtin import register_gqa200, register_open_images, register_toy, register_vg150
-from .gqa import load_gqa_sgg, read_gqa_classes, register_gqa_sgg
+from . import datasets
+from .datasets import *  # noqa: F401,F403  (its public names; importing it registers the builtin names)
 from .mapper import SGGDatasetMapper, sample_one_predicate_per_pair
-from .oi import load_oi_sgg, read_oi_classes, register_oi_sgg
-from .sgg_json import load_sgg_json, read_sgg_json_classes, register_sgg_json
 from .transfer import CompactTransfer
-from .user_datasets import REGISTER_ENV, register_user_datasets
-from .vg import load_vg_sgg, read_vg_classes, register_vg_sgg
 
-__all__ = [
-    "CompactTransfer",
-    "DatasetFormatError",
-    "REGISTER_ENV",
-    "SGGDatasetMapper",
-    "filter_images_without_overlapping_pairs",
-    "load_gqa_sgg",
-    "load_oi_sgg",
-    "load_sgg_json",
-    "load_vg_sgg",
-    "read_gqa_classes",
-    "read_oi_classes",
-    "read_sgg_json_classes",
-    "read_vg_classes",
-    "register_gqa200",
-    "register_gqa_sgg",
-    "register_oi_sgg",
-    "register_open_images",
-    "register_sgg_json",
-    "register_toy",
-    "register_user_datasets",
-    "register_vg150",
-    "register_vg_sgg",
-    "sample_one_predicate_per_pair",
-]
+__all__ = sorted(datasets.__all__ + ["CompactTransfer", "SGGDatasetMapper", "sample_one_predicate_per_pair"])

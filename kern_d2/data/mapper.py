@@ -12,7 +12,7 @@ from detectron2.structures import BoxMode, Boxes, Instances
 
 from ..config_check import check_classes_match_config
 from ..structures import Relations
-from .arrays import DatasetFormatError
+from .datasets.arrays import DatasetFormatError
 
 __all__ = ["SGGDatasetMapper", "sample_one_predicate_per_pair"]
 

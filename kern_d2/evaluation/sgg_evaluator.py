@@ -163,7 +163,7 @@ class SceneGraphEvaluator(DatasetEvaluator):
         ``dataset_name`` never seen in DATASETS.TRAIN[0] when that dataset is registered and its files exist (at
         ``--eval-only`` the train set may be absent: then no zR@K, with a warning, rather than a failure after the
         whole inference)."""
-        from kern_d2.data.registration import missing_dataset_files
+        from kern_d2.data.datasets.registration import missing_dataset_files
 
         evaluator = cls(dataset_name, mode_from_cfg(cfg), output_dir, ks=tuple(cfg.TEST.SGG.KS),
                         iou_thresh=cfg.TEST.SGG.IOU_THRESH, legacy_iou=cfg.TEST.SGG.LEGACY_IOU,

@@ -5,7 +5,7 @@
   calls ``torch.meshgrid`` without ``indexing``, its RoI pooler calls torch's deprecated ``is_fx_tracing``). Call it
   before importing Detectron2's modules; the tools do so at their top, so that the launcher's worker processes,
   which import the tool again, are quiet too. ``KERN_DEBUG=1`` keeps every warning.
-- :func:`add_tool_arguments` adds ``--register FILE`` (:mod:`kern_d2.data.user_datasets`) and ``--debug``.
+- :func:`add_tool_arguments` adds ``--register FILE`` (:mod:`kern_d2.data.datasets.user_datasets`) and ``--debug``.
 - :func:`one_line_errors` turns a :class:`kern_d2.config_check.ConfigError` (and the other errors given) into one
   line on stderr and exit status 2; the traceback is printed with ``--debug`` or ``KERN_DEBUG=1``.
 """

@@ -33,8 +33,8 @@ import numpy as np
 
 from kern_d2.utils.jobs import process_pool
 
+from ..datasets.vg_format import write_generated_dataset, write_generated_image
 from .shapes import draw_shape, jitter_colour, noisy_background
-from .vg_format import write_generated_dataset, write_generated_image
 
 # name -> (shape, BGR colour, (min w, max w), (min h, max h) or None for square-ish)
 _APPEARANCES = {

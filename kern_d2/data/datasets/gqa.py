@@ -92,7 +92,7 @@ def load_gqa_sgg(
         annotation_file: ``GQA_200_Train.json`` for "train", ``GQA_200_Test.json`` for "val" and "test".
         num_val_images: val = the first ``num_val_images`` test-file images left after the filters.
         excluded_test_rows: positions in the test file left out of val and test (rows past the end are ignored).
-        filter_non_overlap, missing_images: as in :func:`kern_d2.data.vg.load_vg_sgg`.
+        filter_non_overlap, missing_images: as in :func:`kern_d2.data.datasets.vg.load_vg_sgg`.
     """
     if split not in GQA_SPLITS:
         raise ValueError(f"split must be one of {GQA_SPLITS}, got {split!r}")

@@ -132,7 +132,7 @@ def load_sgg_json(
 ) -> List[dict]:
     """Detectron2 dataset dicts (plus ``relations`` int64 [R,3]) from a file in the schema above.
 
-    Options as in :func:`kern_d2.data.vg.load_vg_sgg`.
+    Options as in :func:`kern_d2.data.datasets.vg.load_vg_sgg`.
     """
     data = _read_json(json_file)
     thing_classes, predicate_classes = _classes(data, json_file)

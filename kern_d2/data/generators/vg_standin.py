@@ -10,8 +10,9 @@ What it writes (the files of ``datasets/vg/``, so the builtin ``vg150_*`` names 
   and the first ``test_images`` test-split rows only: the index references more images than exist, which the
   loader skips with ``missing_images="skip"`` (``KERN_MISSING_IMAGES=skip`` for the builtin names).
 
-Signal: each class is one shape and colour of the toy dataset's drawing (:func:`kern_d2.data.shapes.draw_shape`),
-drawn exactly where its box is, on the toy's textured background; class frequencies are long-tailed. Each
+Signal: each class is one shape and colour of the toy dataset's drawing
+(:func:`kern_d2.data.generators.shapes.draw_shape`), drawn exactly where its box is, on the toy's textured
+background; class frequencies are long-tailed. Each
 predicate has one of seven geometries (the toy's layouts: resting on top, on top of the subject, side contact,
 inside, left of, above, near) and, within a geometry, the class pair decides which predicate applies; predicate
 frequencies are long-tailed (Zipf). So pixels tell the geometry and the classes, and the classes name the
@@ -28,15 +29,15 @@ import numpy as np
 
 from kern_d2.utils.jobs import process_pool
 
+from ..datasets.vg_format import CORRUPT_IMAGE_IDS, SPLIT_TEST, SPLIT_TRAIN, write_vg_dataset
 from .shapes import SHAPES, draw_shape, jitter_colour, noisy_background
 from .toy import pair_layout, place_group
-from .vg_format import CORRUPT_IMAGE_IDS, SPLIT_TEST, SPLIT_TRAIN, write_vg_dataset
 
 VG_ROWS, VG_TRAIN_ROWS = 108_073, 75_651
 NUM_CLASSES, NUM_PREDICATES = 150, 50
 CLASS_NAMES = [f"object{c:03d}" for c in range(NUM_CLASSES)]
 PREDICATE_NAMES = [f"predicate{k:02d}" for k in range(NUM_PREDICATES)]
-# The toy's layout names (kern_d2.data.toy.pair_layout): stack, under, side, in, left of, above, near.
+# The toy's layout names (kern_d2.data.generators.toy.pair_layout): stack, under, side, in, left of, above, near.
 LAYOUTS = ("on", "wears", "holding", "in", "left of", "above", "near")
 PREDICATE_LAYOUT = np.arange(NUM_PREDICATES) % len(LAYOUTS)
 # Zipf-like frequencies: the first predicate ~19% of relations, the last ~0.1% (VG: "on" ~30%, tail < 0.1%).

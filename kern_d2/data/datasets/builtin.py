@@ -13,18 +13,18 @@ Root: ``$KERN_DATASETS`` (default ``datasets``, relative to the working director
 - ``synth_train``, ``synth_val``, ``synth_test`` under ``<root>/synth/`` (``tools/make_synth_dataset.py``, the
   benchmark of datasets/README.md), laid out as the toy.
 - ``oiv6_{train,val,test}`` under ``<root>/oiv6/`` and ``oiv4_*`` under ``<root>/oiv4/``: the processed Open Images
-  layout of BGNN / PySGG (``annotations/``, ``images/``; see :mod:`kern_d2.data.oi`).
-- ``gqa200_{train,val,test}`` under ``<root>/gqa/``: GQA-200 of SHA-GCL (see :mod:`kern_d2.data.gqa`).
+  layout of BGNN / PySGG (``annotations/``, ``images/``; see :mod:`kern_d2.data.datasets.oi`).
+- ``gqa200_{train,val,test}`` under ``<root>/gqa/``: GQA-200 of SHA-GCL (see :mod:`kern_d2.data.datasets.gqa`).
 
 Missing image files of ``vg150_*``, ``oiv6_*``, ``oiv4_*`` and ``gqa200_*`` (the downloaded datasets): one policy,
 ``$KERN_MISSING_IMAGES`` = ``error`` (the default: loading fails, naming the missing files), ``skip`` (those images
-are dropped, counted and logged) or ``ignore`` (not checked); see :func:`kern_d2.data.vg.load_vg_sgg`. For
+are dropped, counted and logged) or ``ignore`` (not checked); see :func:`kern_d2.data.datasets.vg.load_vg_sgg`. For
 ``vg150_*``, ``$KERN_VG_MISSING_IMAGES`` (its earlier name) is read when ``$KERN_MISSING_IMAGES`` is not set.
 
 The names are registered even when the files are absent; loading them then fails naming the missing file. Class
-names are read on first use (:mod:`kern_d2.data.registration`), so a broken file of one dataset (say a partial
+names are read on first use (:mod:`kern_d2.data.datasets.registration`), so a broken file of one dataset (say a partial
 ``categories_dict.json``) fails only the runs that use it, naming the file, and never this import. Your own
-datasets: :mod:`kern_d2.data.user_datasets` (``--register``, ``$KERN_REGISTER``).
+datasets: :mod:`kern_d2.data.datasets.user_datasets` (``--register``, ``$KERN_REGISTER``).
 """
 import os
 
