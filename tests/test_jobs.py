@@ -1,10 +1,10 @@
-"""kern_d2.utils.jobs: parallel subprocess runs, reuse of finished ones, failures with their log tail, the ETA."""
+"""kern_d2.study.jobs: parallel subprocess runs, reuse of finished ones, failures with their log tail, the ETA."""
 import json
 import os
 
 import pytest
 
-from kern_d2.utils.jobs import Job, JobRunner, format_duration
+from kern_d2.study.jobs import Job, JobRunner, format_duration
 
 
 def python_job(tmp_path, name: str, code: str, group: str = "") -> Job:

@@ -1,4 +1,4 @@
-"""The study's plan, aggregation, claims and report (kern_d2.evaluation.study) against hand-computed numbers."""
+"""The study's plan, aggregation, claims and report (kern_d2.study.study) against hand-computed numbers."""
 import json
 import math
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 from detectron2.config import CfgNode as CN
 
-from kern_d2.evaluation.study import (
+from kern_d2.study.study import (
     aggregate,
     compare,
     frequency_groups,

@@ -35,7 +35,7 @@ def read_report(path):
 
 
 def main(argv=None):
-    from kern_d2.evaluation.study import merge_studies, write_study_report
+    from kern_d2.study import merge_studies, write_study_report
 
     args = parse_args(argv)
     payloads = [read_report(path) for path in args.reports]

@@ -35,7 +35,7 @@ QUICK_DETECTOR_ITER_FRACTION = 0.25
 
 
 def parse_args(argv=None):
-    from kern_d2.evaluation.study import FIDELITY_MODELS, MODELS, MODES, variant_models
+    from kern_d2.study import FIDELITY_MODELS, MODELS, MODES, variant_models
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -155,9 +155,8 @@ def main(argv=None):
         register_user_datasets(args.register)  # also into $KERN_REGISTER, for the runs
 
     from kern_d2.evaluation.sgg_report import read_sgg_metrics
-    from kern_d2.evaluation.study import (FIDELITY_MODELS, MODELS, plan_runs, scaled_schedule, uses_released_priors,
-                                          variant_models, write_report)
-    from kern_d2.utils.jobs import Job, JobRunner, format_duration
+    from kern_d2.study import (FIDELITY_MODELS, MODELS, Job, JobRunner, format_duration, plan_runs, scaled_schedule,
+                               uses_released_priors, variant_models, write_report)
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cpus = len(os.sched_getaffinity(0))

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from kern_d2.utils.jobs import process_pool
+from kern_d2.utils.processes import process_pool
 
 from ..datasets.vg_format import write_generated_dataset, write_generated_image
 from .shapes import draw_shape, jitter_colour, noisy_background

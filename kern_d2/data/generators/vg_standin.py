@@ -27,7 +27,7 @@ from typing import Dict, List, Tuple
 import cv2
 import numpy as np
 
-from kern_d2.utils.jobs import process_pool
+from kern_d2.utils.processes import process_pool
 
 from ..datasets.vg_format import CORRUPT_IMAGE_IDS, SPLIT_TEST, SPLIT_TRAIN, write_vg_dataset
 from .shapes import SHAPES, draw_shape, jitter_colour, noisy_background

@@ -13,15 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-__all__ = ["Job", "JobRunner", "format_duration", "log_tail", "process_pool"]
-
-
-def process_pool(processes: int):
-    """A ``multiprocessing`` pool of freshly started ("spawn") processes. Forked children would inherit the parent's
-    OpenCV and OpenMP thread pools in whatever state they are, and hang at their first use (seen in the tests)."""
-    import multiprocessing
-
-    return multiprocessing.get_context("spawn").Pool(processes)
+__all__ = ["Job", "JobRunner", "format_duration", "log_tail"]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from tabulate import tabulate
 
-from .sgg_report import new_figure, save_figure, write_json
+from kern_d2.evaluation.sgg_report import new_figure, save_figure, write_json
 
 __all__ = [
     "FIDELITY_MODELS", "MODELS", "MODES", "MODE_TITLES", "STUDY_METRICS", "StudyRun", "aggregate", "compare", "make_claims",
