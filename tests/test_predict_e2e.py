@@ -1,12 +1,9 @@
 """tools/predict.py with the KERN models trained on the toy dataset (SGDet on a folder of images, PredCls with
 --boxes-json), SceneGraphPredictor against it and the README's Python snippet, and tools/visualize_data.py on the
 toy train split; subprocesses, CPU."""
-import contextlib
 import importlib.util
-import io
 import json
 import os
-import re
 import shutil
 import uuid
 
@@ -217,35 +214,3 @@ def test_predictor_gives_the_cli_json_and_batches_equal_single_images(toy_tools,
             assert t.score == pytest.approx(by_pair[t.subject, t.object].score, rel=1e-4)
 
 
-def _readme_python_snippet() -> str:
-    with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
-    section = readme[readme.index("## Use it from Python"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
-def test_readme_python_snippet_runs_on_the_toy_model(toy_tools, toy_splits, monkeypatch):
-    """The README's snippet, verbatim, in a folder laid out as it expects: its config (the toy SGDet config at the
-    test sizes), its weights (the toy SGDet model) and photos/street.jpg (a toy test image)."""
-    sandbox = toy_tools.scratch("readme")
-    os.makedirs(os.path.join(sandbox, "configs", "VG-KERN"))
-    with open(os.path.join(sandbox, "configs", "VG-KERN", "kern_sgdet.yaml"), "w") as f:
-        f.write(f'_BASE_: "{MODE_CONFIGS["sgdet"]}"\nMODEL:\n  DEVICE: "cpu"\n  ROI_RELATION_HEAD:\n'
-                f'    PRIORS_FILE: "{toy_tools.priors}"\n    MAX_DETECTIONS: 16\n'
-                "INPUT:\n  MIN_SIZE_TEST: 128\n  MAX_SIZE_TEST: 192\n")
-    os.makedirs(os.path.join(sandbox, "output", "vg_kern_sgdet"))
-    shutil.copy(os.path.join(toy_tools.trained("sgdet"), "model_final.pth"),
-                os.path.join(sandbox, "output", "vg_kern_sgdet"))
-    os.makedirs(os.path.join(sandbox, "photos"))
-    shutil.copy(toy_splits["test"][0][0]["file_name"], os.path.join(sandbox, "photos", "street.jpg"))
-    monkeypatch.chdir(sandbox)
-    namespace, printed = {}, io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        exec(compile(_readme_python_snippet(), "README.md", "exec"), namespace)
-    graph, record = namespace["graph"], namespace["record"]
-    lines = printed.getvalue().splitlines()
-    assert len(graph.triplets) > 0 and len(lines) == min(5, len(graph.triplets))
-    t = graph.triplets[0]
-    assert lines[0] == f"{t.subject_label} {t.predicate} {t.object_label}: {t.score:.3f}"
-    assert record == graph.to_dict() and record["file"] == "photos/street.jpg" and record["schema_version"] == 1
-    _check_picture(os.path.join(sandbox, "street_graph.png"))
