@@ -47,9 +47,24 @@
 #                    for VG_SCALE_KERN_ITERS iterations at each of VG_SCALE_LOADER_WORKERS (default 4,8,12) loader
 #                    workers: s/iter and the data-loader wait share side by side
 #   vg-scale-smoke   the same commands at tiny sizes (on the GPU; a check of the path, ~2-3 min)
+#   multi-gpu-1/-2   benchmarks/multi_gpu.py, issue 23, on nvidia-h200-x2 (two GPUs; the script refuses fewer):
+#                    1 GPU vs 2 at the same per-GPU batch on the VG stand-in. Part 1: the stand-in, the VG-Detection
+#                    R-101-FPN detector (100 iterations) and KERN PredCls (200) each on 1 and 2 GPUs, then the
+#                    fault checks on 2 GPUs (kill -9 of rank 1 after a checkpoint, then --resume compared with the
+#                    checkpoint; rank 1 stalled with --dist-timeout-s 30). Part 2: KERN SGDet (200) on 1 and 2 GPUs,
+#                    SGDet --eval-only on >= 2,000 test images on 1 and 2 GPUs (sgg_metrics.json compared, wall
+#                    times). images/s, ratio, peak memory per GPU, loader wait share; the table is printed and kept
+#                    in $OUT/multi_gpu_table.txt (figures in $OUT/multi_gpu.json). Estimates (not yet run on GPUs):
+#                    ~7 and ~6 min + setup; part 2 needs part 1's output/ and datasets/ (the same warm machine:
+#                    call at once), else it first remakes the stand-in and a short 1-GPU detector
+#   multi-gpu        both parts in one call (more than a call allows at the default sizes)
+#   multi-gpu-faults only the fault checks (part 1 without them: MULTI_GPU_FAULTS=none, should it not fit a call)
+#   multi-gpu-smoke  the same at tiny sizes (a check of the path; on CPU: 5-7 min on 2 cores)
 # e.g. `union routing step infer loading` ~6 min + setup (within one call); `routing-compile` alone; `tests toy`;
 # `profile` alone; `vg-scale` alone (the machine stays warm only 30 s after a call: two-call targets must follow at once).
 # `all` runs every target but the vg-scale ones (~19 min: more than one call allows).
+# multi-gpu sizes: MULTI_GPU_<SIZE> (e.g. MULTI_GPU_KERN_ITERS, MULTI_GPU_TEST_IMAGES, MULTI_GPU_FAULTS=kill|none;
+# see benchmarks/multi_gpu.py).
 # vg-scale sizes: VG_SCALE_<SIZE> (e.g. VG_SCALE_DETECTOR_ITERS, VG_SCALE_KERN_ITERS, VG_SCALE_TEST_IMAGES; see
 # benchmarks/vg_scale.py), VG_SCALE_BUDGET_S (training iterations are cut so that the rest fits).
 # STUDY_OUTPUT (default /tmp/study): the study's folder on the machine, packed as $OUT/<its name>.tgz; studies of
@@ -138,12 +153,17 @@ for target in "${selected[@]}"; do
       case $part in "") args="--part all" ;; smoke) args="--part all --smoke --workdir /tmp/vg_scale_smoke" ;;
         *) args="--part $part" ;; esac
       run "$target" python3 benchmarks/vg_scale.py $args --out "$out" ;;
+    multi-gpu|multi-gpu-1|multi-gpu-2|multi-gpu-faults|multi-gpu-smoke)
+      part=${target#multi-gpu}; part=${part#-}
+      case $part in "") args="--part all" ;; smoke) args="--part all --smoke --workdir /tmp/multi_gpu_smoke" ;;
+        *) args="--part $part" ;; esac
+      run "$target" python3 benchmarks/multi_gpu.py $args --out "$out" ;;
     profile)
       run profile python3 benchmarks/bench_routing.py --only relation --gates fused --repeats 10 --profile
       run profile python3 benchmarks/bench_train_step.py --device cuda --repeats 5 --profile
       run profile python3 benchmarks/bench_sgdet_inference.py --device cuda --chunks 4096 --overlap off --repeats 5 \
         --no-d2-default --profile ;;
     *)
-      echo "unknown target '$target': choose from $targets study all" ;;
+      echo "unknown target '$target': choose from $targets study vg-scale-1 vg-scale-2 multi-gpu-1 multi-gpu-2 all" ;;
   esac
 done

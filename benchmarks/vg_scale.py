@@ -46,10 +46,11 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The run's own files (state between parts, each tool's log, the stand-in's summary) go under output/ of the workdir,
-# which git ignores: the device tool keeps ignored outputs between calls on a warm machine and replaces the rest.
-SCRATCH = "output/vg_scale"
-PRIORS_FILE = "datasets/vg/kern_priors_vg150.npz"  # the VG-KERN configs' PRIORS_FILE
+# The run's own files (state between parts, each tool's log, the stand-in's summary) go under output/<NAME> of the
+# workdir (VGScaleRun.NAME: output/vg_scale), which git ignores: the device tool keeps ignored outputs between calls on
+# a warm machine and replaces the rest.
+# The VG-KERN configs' PRIORS_FILE: KERN as released (VARIANT released), whose priors are built with --released.
+PRIORS_FILE = "datasets/vg/kern_priors_vg150_released.npz"
 KERN_MODES = ("predcls", "sgcls", "sgdet")
 OUTPUT_DIRS = {"detector": "output/vg_detection_R101_FPN", **{m: f"output/vg_kern_{m}" for m in KERN_MODES}}
 CONFIGS = {"detector": "configs/VG-Detection/faster_rcnn_R_101_FPN.yaml",
@@ -210,10 +211,12 @@ def throughput_ratios(steps: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------- the run
 class VGScaleRun:
+    NAME = "vg_scale"  # the scratch folder output/<NAME> of the workdir, and the <out>/<NAME>.{log,json} names
+
     def __init__(self, args):
         self.args = args
         os.makedirs(args.out, exist_ok=True)
-        self.scratch = os.path.join(args.workdir, SCRATCH)
+        self.scratch = os.path.join(args.workdir, "output", self.NAME)
         os.makedirs(os.path.join(self.scratch, "logs"), exist_ok=True)
         self.state_file = os.path.join(self.scratch, "state.json")
         self.state = {"steps": {}}
@@ -221,14 +224,14 @@ class VGScaleRun:
             with open(self.state_file) as f:
                 self.state = json.load(f)
         self.start = time.perf_counter()
-        self.log = open(os.path.join(args.out, "vg_scale.log"), "a")
+        self.log = open(os.path.join(args.out, f"{self.NAME}.log"), "a")
         self.smoke_opts = ["MODEL.DEVICE", "cuda" if _cuda_available() else "cpu", *SMOKE_OPTS] if args.smoke else []
         self.env = dict(os.environ, KERN_DATASETS=os.path.join(args.workdir, "datasets"),
                         KERN_VG_NUM_VAL=str(args.num_val), KERN_VG_MISSING_IMAGES="skip",
                         PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
 
     def say(self, text: str):
-        line = f"[vg_scale {time.perf_counter() - self.start:6.0f} s] {text}"
+        line = f"[{self.NAME} {time.perf_counter() - self.start:6.0f} s] {text}"
         print(line, flush=True)
         self.log.write(line + "\n")
         self.log.flush()
@@ -236,7 +239,7 @@ class VGScaleRun:
     def save(self):
         self.state["device"] = _device_name()
         self.state["smoke"] = self.args.smoke
-        for path in (self.state_file, os.path.join(self.args.out, "vg_scale.json")):
+        for path in (self.state_file, os.path.join(self.args.out, f"{self.NAME}.json")):
             with open(path, "w") as f:
                 json.dump(self.state, f, indent=1)
 
@@ -386,7 +389,7 @@ class VGScaleRun:
                 self.state["detector_diverged_at_base_lr"] = diverged_lr
 
     def priors(self):
-        self.tool("priors", "compute_priors.py", "--dataset", "vg150_train", "--output", PRIORS_FILE)
+        self.tool("priors", "compute_priors.py", "--dataset", "vg150_train", "--released", "--output", PRIORS_FILE)
 
     def kern(self, mode: str, iters: int):
         # End-of-training evaluation on the small vg150_val, not the whole test split (the eval step does that).

@@ -7,7 +7,9 @@
   python tools/train_net.py --register my_datasets.py --config-file my_kern.yaml   # your own datasets
 
 Without a GPU, ``--num-gpus N`` runs N CPU processes that talk through gloo (``--dist-url auto`` picks a free
-port). The config is checked before anything is built or launched (kern_d2.config_check): a bad key, an unregistered
+port). ``--dist-timeout-s S`` bounds how long a process waits for the others (a rank that stalls, or dies on another
+machine); a rank that dies is named on one line with the checkpoint to ``--resume`` from (kern_d2.engine.distributed).
+The config is checked before anything is built or launched (kern_d2.config_check): a bad key, an unregistered
 dataset or a missing file is one line on stderr and exit status 2 (the traceback with --debug or KERN_DEBUG=1).
 """
 from kern_d2.utils.cli import add_tool_arguments, debug_enabled, one_line_errors, quiet_dependency_warnings
@@ -16,12 +18,13 @@ quiet_dependency_warnings()  # before Detectron2's imports; the launcher's worke
 
 import kern_d2.data  # noqa: E402,F401  (registers the builtin datasets)
 import kern_d2.modeling  # noqa: E402,F401  (registers SceneGraphRCNN, KERNROIHeads, the toy backbone)
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
+from detectron2.engine import default_argument_parser  # noqa: E402
 
 from kern_d2.checkpoint import SGGCheckpointer  # noqa: E402
 from kern_d2.config_check import cfg_for_weights, check_config, load_config, weights_to_load  # noqa: E402
 from kern_d2.data import register_user_datasets  # noqa: E402
 from kern_d2.engine import SGGTrainer, close_process_group, setup_cfg  # noqa: E402
+from kern_d2.engine.distributed import add_distributed_arguments, launch_job  # noqa: E402
 
 
 def run(args):
@@ -45,7 +48,7 @@ def main(args):
 
 
 def get_parser():
-    return add_tool_arguments(default_argument_parser())
+    return add_distributed_arguments(add_tool_arguments(default_argument_parser()))
 
 
 def check(args):
@@ -61,12 +64,5 @@ def check(args):
 if __name__ == "__main__":
     args = get_parser().parse_args()
     print("Command Line Args:", args)
-    check(args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    cfg = check(args)
+    launch_job(main, args, output_dir=cfg.OUTPUT_DIR, eval_only=args.eval_only)

@@ -271,6 +271,8 @@ def setup_cfg(args):
     default_setup(cfg, args)
     # default_setup logs "detectron2" and "fvcore"; kern_d2's own messages (e.g. the evaluation tables) too.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="kern_d2", abbrev_name="kern_d2")
+    if comm.get_world_size() > 1:  # which process to look at (or kill -9 in the fault checks) for a rank
+        logger.info(f"Rank {comm.get_rank()} of {comm.get_world_size()}: pid {os.getpid()}")
     share_cpu_cores(cfg)
     return cfg
 
