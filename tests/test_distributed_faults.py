@@ -8,11 +8,11 @@ dataset, with the fault checks that benchmarks/multi_gpu.py runs on two GPUs (it
 - a rank that stops answering (alive, sleeping): with ``--dist-timeout-s 6`` the other rank's collective fails after
   6 s and the job ends with a message naming the timeout.
 """
-import importlib.util
 import os
 import re
 
 import pytest
+from benchmark_modules import load_benchmark
 
 from tool_fixtures import MODE_CONFIGS, ROOT
 
@@ -23,10 +23,7 @@ MAX_ITER, CHECKPOINT_PERIOD, LR_STEP = 40, 4, 30
 
 @pytest.fixture(scope="module")
 def multi_gpu():
-    spec = importlib.util.spec_from_file_location("multi_gpu", os.path.join(ROOT, "benchmarks", "multi_gpu.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("multi_gpu")
 
 
 def two_process_command(toy_tools, output_dir):

@@ -1,20 +1,15 @@
 """benchmarks/multi_gpu.py's pure parts on CPU: arguments, per-rank memory, scaling ratios, the comparison of two
 evaluations, the table and the fault verdicts (the launching itself needs two GPUs; its fault checks run on CPU in
 tests/test_distributed_faults.py)."""
-import importlib.util
 import os
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmark_modules import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def multi_gpu():
-    spec = importlib.util.spec_from_file_location("multi_gpu", os.path.join(ROOT, "benchmarks", "multi_gpu.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("multi_gpu")
 
 
 @pytest.fixture

@@ -1,19 +1,13 @@
 """benchmarks/vg_scale.py's figures from Detectron2's logs and metrics.json, on hand-made records."""
-import importlib.util
 import json
-import os
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmark_modules import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def vg_scale():
-    spec = importlib.util.spec_from_file_location("vg_scale", os.path.join(ROOT, "benchmarks", "vg_scale.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("vg_scale")
 
 
 def test_training_figures(vg_scale, tmp_path):
