@@ -80,6 +80,26 @@ class KERNROIHeads(StandardROIHeads):
     in SGDet the detector's boxes after per-class NMS. Output per image: ``Instances`` with ``pred_boxes,
     pred_classes, scores`` and relation fields ``rel_pair_idxs`` [M, 2], ``rel_scores`` [M, P], sorted by
     triplet score (see :func:`kern_d2.structures.set_relation_predictions`).
+
+    Args (besides StandardROIHeads'; ``from_config`` fills them from ``MODEL.ROI_RELATION_HEAD``):
+        union_feature: the pair (union-box) feature extractor.
+        relation_head: predicate logits from union, subject and object features and the pair prior (KERN, VRFC,
+            FREQ: :mod:`kern_d2.modeling.relation_heads`).
+        object_routing: object logits in SGCls/SGDet; None = the detector's logits (and always in PredCls).
+        priors: the knowledge priors (buffers, saved in checkpoints).
+        mode: "predcls", "sgcls" or "sgdet" (:func:`kern_d2.config.sgg_mode`).
+        relation_in_features: feature maps the union feature pools from.
+        pairs_per_image, pair_positive_fraction: training pair sampling (pairs per image, largest foreground share).
+        fg_iou_threshold: SGDet, IoU of a detected box with a gt box for a foreground pair (and object target).
+        max_detections, detection_nms_thresh, detection_score_thresh: SGDet detections per image, their per-class
+            NMS threshold and score floor.
+        require_overlap: SGDet test, only pairs whose boxes overlap are candidates.
+        inference_pair_chunk: pairs routed at once at inference (bounds memory).
+        object_loss_weight, relation_loss_weight: loss weights.
+        freeze_detector: the box head and predictor stay frozen (the paper's setting).
+        long_tail: the long-tail switches (:mod:`kern_d2.modeling.long_tail`).
+        object_fc_head: ``OBJECT_FEATURES`` "finetuned": the trainable box-head copy that gives object features.
+        sgdet_pipeline: ``SGDET_PIPELINE``, "kern_d2" or "released" (:mod:`kern_d2.modeling.released_sgdet`).
     """
 
     @configurable
