@@ -550,6 +550,9 @@ class MultiGPURun(VGScaleRun):
         with open(os.path.join(self.args.out, "multi_gpu_table.txt"), "w") as f:
             f.write(format_table(self.state))
 
+    def summary(self):
+        print(format_table(self.state), end="", flush=True)
+
     def attempt(self, step: str, function, *args):
         """Run a step; a failure is recorded and the run goes on (False)."""
         try:
@@ -717,18 +720,7 @@ def main(argv=None):
     run = MultiGPURun(args)
     run.say(f"part {args.part}{' (smoke)' if args.smoke else ''}: 1 vs {args.gpus} GPUs, workdir {args.workdir}, "
             f"out {args.out}")
-    try:
-        if args.part in ("1", "all"):
-            run.part1()
-        if args.part in ("2", "all"):
-            run.part2()
-        if args.part == "faults":
-            run.faults_part()
-    finally:
-        run.state["wall_s_part_" + args.part] = round(time.perf_counter() - run.start, 1)
-        run.save()
-        print(format_table(run.state), end="", flush=True)
-        run.say(f"part {args.part}: {time.perf_counter() - run.start:.0f} s; results in {args.out}/multi_gpu.json")
+    run.run_part({"1": [run.part1], "2": [run.part2], "all": [run.part1, run.part2], "faults": [run.faults_part]})
     return 1 if run.state["failed"] else 0
 
 

@@ -236,6 +236,22 @@ class VGScaleRun:
         self.log.write(line + "\n")
         self.log.flush()
 
+    def run_part(self, parts: dict):
+        """Run ``parts[args.part]`` (a list of methods) and, whatever happens, save the state with the part's wall
+        time and say where the results are."""
+        try:
+            for step in parts[self.args.part]:
+                step()
+        finally:
+            self.state["wall_s_part_" + self.args.part] = round(time.perf_counter() - self.start, 1)
+            self.save()
+            self.summary()
+            self.say(f"part {self.args.part}: {time.perf_counter() - self.start:.0f} s; results in "
+                     f"{self.args.out}/{self.NAME}.json")
+
+    def summary(self):
+        """Printed after a part, before its last line (nothing here; subclasses print their table)."""
+
     def save(self):
         self.state["device"] = _device_name()
         self.state["smoke"] = self.args.smoke
@@ -507,17 +523,7 @@ def main(argv=None):
         return exec_tool(args.exec)
     run = VGScaleRun(args)
     run.say(f"part {args.part}{' (smoke)' if args.smoke else ''}: workdir {args.workdir}, out {args.out}")
-    try:
-        if args.part in ("1", "all"):
-            run.part1()
-        if args.part in ("2", "all"):
-            run.part2()
-        if args.part == "loader":
-            run.loader_part()
-    finally:
-        run.state["wall_s_part_" + args.part] = round(time.perf_counter() - run.start, 1)
-        run.save()
-        run.say(f"part {args.part}: {time.perf_counter() - run.start:.0f} s; results in {args.out}/vg_scale.json")
+    run.run_part({"1": [run.part1], "2": [run.part2], "all": [run.part1, run.part2], "loader": [run.loader_part]})
 
 
 if __name__ == "__main__":

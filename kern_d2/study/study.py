@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from tabulate import tabulate
 
+from kern_d2.config import VARIANT_POINTS, VARIANTS
 from kern_d2.evaluation.sgg_report import new_figure, save_figure, write_json
 
 __all__ = [
@@ -57,8 +58,9 @@ FIDELITY_MODELS = {
 
 def uses_released_priors(keys: Dict[str, object]) -> bool:
     """Whether a model's keys ask for priors of the released construction (``tools/compute_priors.py --released``)."""
-    construction = str(keys.get("PRIOR_CONSTRUCTION", "") or "")
-    return construction == "released" or (not construction and keys.get("VARIANT") == "released")
+    variant = str(keys.get("VARIANT", "") or "kern_d2")
+    by_variant = VARIANT_POINTS["PRIOR_CONSTRUCTION"][VARIANTS.index(variant)]
+    return (str(keys.get("PRIOR_CONSTRUCTION", "") or "") or by_variant) == "released"
 
 
 def mode_overrides(mode: str) -> List[str]:
