@@ -25,7 +25,6 @@ Rules for ``SceneGraphRCNN`` models (other models, e.g. the detectors, keep Dete
 import logging
 import os
 import pickle
-import tempfile
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -34,14 +33,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from kern_d2.modeling.meta_arch import SceneGraphRCNN
-from kern_d2.utils.file_modes import give_default_mode
+from kern_d2.utils.atomic_write import TEMP_PREFIX, atomic_write
 
 __all__ = ["CheckpointError", "SGGCheckpointer", "atomic_write", "parts_run_at_inference", "UNSAFE_PICKLE_ENV"]
 
 logger = logging.getLogger(__name__)
 
 UNSAFE_PICKLE_ENV = "KERN_D2_UNSAFE_PICKLE"
-TEMP_PREFIX = ".tmp_"
 
 # Globals a model-zoo .pkl needs: numpy arrays (numpy 1 and 2 module names), dtypes and ordered dicts.
 _SAFE_PICKLE_GLOBALS = {
@@ -64,38 +62,6 @@ class CheckpointError(RuntimeError):
 
 def unsafe_pickle_allowed() -> bool:
     return os.environ.get(UNSAFE_PICKLE_ENV, "") == "1"
-
-
-def atomic_write(path: str, write_fn, mode: str = "wb") -> None:
-    """Call ``write_fn(file)`` on a temporary file next to ``path``, then rename it to ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX + os.path.basename(path))
-    try:
-        with os.fdopen(fd, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        give_default_mode(tmp_path)  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make the rename itself durable (a power cut after it must not bring the old file back)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):

@@ -245,7 +245,7 @@ def is_sgg_cfg(cfg) -> bool:
 
 def priors_file_setting(cfg) -> Tuple[str, str]:
     """(path, the setting that names it) of the priors file a model built from ``cfg`` reads, as
-    ``kern_d2.modeling.roi_heads.build_priors`` picks it: ``PRIORS_FILE``, else the ``priors_file`` of the metadata
+    ``kern_d2.modeling.priors.build_priors`` picks it: ``PRIORS_FILE``, else the ``priors_file`` of the metadata
     of the first training (else test) dataset that has class names; ("", "") when none (or ``USE_PRIORS`` False)."""
     from detectron2.data import MetadataCatalog
 

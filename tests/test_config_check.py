@@ -1,7 +1,6 @@
 """Issue 24: configs checked before anything is built (keys, datasets, files; one line, exit 2), the priors rule
 (the weights' priors win; a missing priors file is one clear error, and no error when the weights carry priors),
 ``--register`` / ``$KERN_REGISTER``, the tools' messages for absent dataset files, file modes, quiet logs."""
-import importlib.util
 import logging
 import os
 import stat
@@ -31,20 +30,15 @@ from kern_d2.data import register_toy, register_user_datasets
 from kern_d2.data.generators.toy import PREDICATES as TOY_PREDICATES
 from kern_d2.data.generators.toy import THING_CLASSES as TOY_CLASSES
 from kern_d2.engine import SceneGraphPredictor
-from kern_d2.modeling.priors import save_priors
-from kern_d2.modeling.roi_heads import build_priors
+from kern_d2.modeling.priors import build_priors, save_priors
+from kern_d2.modeling.priors_summary import summarize_priors
 from kern_d2.utils.cli import one_line_errors, quiet_dependency_warnings
+
+from tool_modules import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREDICATES = ["__no_relation__"] + TOY_PREDICATES
 PRIORS_KEY = "MODEL.ROI_RELATION_HEAD.PRIORS_FILE"
-
-
-def tool(name):
-    spec = importlib.util.spec_from_file_location(f"tools_{name}_cc", os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def random_priors(path, seed):
@@ -285,14 +279,13 @@ def test_compute_priors_registers_from_the_environment_and_prints_only_pairs_see
 
 
 def test_compute_priors_summary_skips_class_pairs_without_relations():
-    compute_priors_tool = tool("compute_priors")
     things, predicates = ["person", "table", "hat"], ["__no_relation__", "wears", "near"]
     rel_prior = np.full((3, 3, 3), 1 / 3, dtype=np.float32)  # the uniform fill, higher than the seen pair's
     rel_prior[0, 2] = [0.7, 0.2, 0.1]
     dicts = [{"annotations": [{"category_id": 0, "bbox": [0, 0, 5, 5]}, {"category_id": 2, "bbox": [1, 1, 3, 3]},
                               {"category_id": 1, "bbox": [9, 9, 20, 20]}],
               "relations": np.array([[0, 1, 1]])}]
-    lines = compute_priors_tool.summarize(dicts, np.eye(3), rel_prior, things, predicates).splitlines()
+    lines = summarize_priors(dicts, np.eye(3), rel_prior, things, predicates).splitlines()
     assert [line for line in lines if line.startswith("  p(")] == ["  p(wears | person, hat) = 0.200 (1 relation)"]
 
 
@@ -306,11 +299,11 @@ def test_tools_name_the_missing_files_not_the_metadata(tmp_path):
     logger = logging.getLogger("kern_d2.visualize_data")  # Detectron2's "kern_d2" logger does not propagate
     logger.addHandler(handler)
     try:
-        assert tool("visualize_data").main(["--dataset", f"{prefix}_train", "--output", str(tmp_path / "v")]) == 2
+        assert load_tool("visualize_data").main(["--dataset", f"{prefix}_train", "--output", str(tmp_path / "v")]) == 2
         errors = " ".join(r.getMessage() for r in records)
         assert "VG dicts json not found: " in errors and "metadata needs" not in errors
         with pytest.raises(FileNotFoundError, match="VG dicts json not found: .*toy/VG-SGG-dicts.json"):
-            tool("compute_priors").main(["--dataset", f"{prefix}_train", "--output", str(tmp_path / "p.npz")])
+            load_tool("compute_priors").main(["--dataset", f"{prefix}_train", "--output", str(tmp_path / "p.npz")])
     finally:
         logger.removeHandler(handler)
         for split in ("train", "val", "test"):

@@ -21,6 +21,7 @@ from detectron2.utils.events import EventStorage
 
 from kern_d2.config import add_kern_config
 from kern_d2.data import SGGDatasetMapper, register_toy
+from kern_d2.modeling import SceneGraphRCNN
 from kern_d2.modeling.pair_sampling import all_ordered_pairs
 from kern_d2.modeling.priors import KnowledgePriors, compute_predicate_counts, compute_priors, save_priors
 from kern_d2.modeling import roi_heads as roi_heads_module  # also registers the model parts
@@ -299,6 +300,17 @@ def test_detector_is_frozen_and_stays_in_eval_mode(toy):
             assert torch.equal(after[key], value), key
     assert not torch.equal(after["roi_heads.relation_head.routing.classifier.weight"],
                            before["roi_heads.relation_head.routing.classifier.weight"])
+
+
+def test_scene_graph_rcnn_is_configurable(toy):
+    cfg = toy_kern_cfg(toy, "sgcls")
+    kwargs = SceneGraphRCNN.from_config(cfg)
+    assert kwargs["sgg_mode"] == "sgcls" and kwargs["freeze_detector"] is True
+    from_cfg = SceneGraphRCNN(cfg)  # what build_model does
+    assert from_cfg.sgg_mode == "sgcls" and not any(p.requires_grad for p in from_cfg.backbone.parameters())
+    unfrozen = SceneGraphRCNN(**dict(kwargs, freeze_detector=False))
+    assert all(p.requires_grad for p in unfrozen.backbone.parameters())
+    assert unfrozen.train().backbone.training
 
 
 def test_unfrozen_detector_trains_its_rpn_in_sgdet(toy):

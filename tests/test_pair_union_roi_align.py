@@ -1,12 +1,13 @@
 """kern_d2::pair_union_roi_align against torchvision.ops.roi_align on materialised union boxes."""
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.testing import assert_close
 from torchvision.ops import roi_align
 
-from kern_d2.layers import pair_union_roi_align, union_boxes
+from kern_d2.layers import pair_union, pair_union_roi_align, union_boxes
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -220,6 +221,50 @@ def test_non_square_output_size_is_rejected():
         pair_union_roi_align(features, boxes, pair_idx, (3, 4), SCALE, 0, True)
 
 
+# ---------------------------------------------------------------------------------------- deterministic mode
+
+
+@pytest.fixture
+def deterministic_algorithms():
+    """Restores the ``torch.use_deterministic_algorithms`` setting that a test changes."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+@pytest.mark.parametrize("warn_only", [False, True])
+def test_deterministic_mode_avoids_the_cuda_backward(deterministic_algorithms, warn_only):
+    # Stand-ins for feature tensors (the decision reads only these attributes), so it is tested without a GPU.
+    cuda_features = SimpleNamespace(is_cuda=True, requires_grad=True)
+    decide = pair_union._needs_deterministic_path
+    torch.use_deterministic_algorithms(False)
+    assert not decide(cuda_features)
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    assert decide(cuda_features)
+    assert not decide(SimpleNamespace(is_cuda=False, requires_grad=True))  # the CPU backward is deterministic
+    assert not decide(SimpleNamespace(is_cuda=True, requires_grad=False))  # forward only: no atomics
+    with torch.no_grad():
+        assert not decide(cuda_features)
+
+
+def test_deterministic_path_runs_the_cpu_kernels(monkeypatch):
+    features, boxes, pair_idx = make_case(seed=8)
+    args = (boxes, pair_idx, 7, SCALE, 0, True)
+    expected, expected_grad = forward_and_grad(fused, features, args)
+    ops, devices = pair_union._ops(), []
+
+    class Spy:
+        def pair_union_roi_align(self, *inputs):
+            devices.append({x.device.type for x in inputs[:3]})
+            return ops.pair_union_roi_align(*inputs)
+
+    monkeypatch.setattr(pair_union, "_ops", Spy)
+    monkeypatch.setattr(pair_union, "_needs_deterministic_path", lambda features: True)
+    out, grad = forward_and_grad(fused, features, args)
+    assert devices == [{"cpu"}]
+    assert torch.equal(out, expected) and torch.equal(grad, expected_grad)
+
+
 # ---------------------------------------------------------------------------------------------------- CUDA
 
 
@@ -314,3 +359,18 @@ def test_cuda_gradcheck_float64_and_empty_pairs():
     assert empty.shape == (0, 2, 3, 3)
     empty.sum().backward()
     assert torch.equal(features.grad, torch.zeros_like(features))
+
+
+@needs_cuda
+def test_cuda_deterministic_mode_gives_reproducible_gradients(deterministic_algorithms):
+    features, boxes, pair_idx = on_cuda(cuda_case(seed=9))
+    args = (boxes, pair_idx, 7, SCALE, 0, True)
+    expected, expected_grad = forward_and_grad(fused, features, args)
+    torch.use_deterministic_algorithms(True)
+    with torch.no_grad():  # the forward alone stays on the CUDA kernels (deterministic)
+        assert torch.equal(pair_union_roi_align(features, *args), expected)
+    first, first_grad = forward_and_grad(fused, features, args)
+    second, second_grad = forward_and_grad(fused, features, args)
+    assert torch.equal(first, second) and torch.equal(first_grad, second_grad)
+    assert_close(first, expected, rtol=1e-5, atol=1e-5)
+    assert_close(first_grad, expected_grad, rtol=1e-5, atol=1e-5)

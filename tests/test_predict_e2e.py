@@ -1,7 +1,6 @@
 """tools/predict.py with the KERN models trained on the toy dataset (SGDet on a folder of images, PredCls with
 --boxes-json), SceneGraphPredictor against it and the README's Python snippet, and tools/visualize_data.py on the
 toy train split; subprocesses, CPU."""
-import importlib.util
 import json
 import os
 import shutil
@@ -23,7 +22,8 @@ from kern_d2.engine import SceneGraphPredictor
 from kern_d2.utils.image_io import collect_image_files, read_image
 
 pytest.register_assert_rewrite("tool_fixtures")
-from tool_fixtures import MODE_CONFIGS, MODE_OPTS, NUM_TEST, ROOT  # noqa: E402
+from tool_fixtures import MODE_CONFIGS, MODE_OPTS, NUM_TEST  # noqa: E402
+from tool_modules import load_tool  # noqa: E402
 
 pytest_plugins = ["tool_fixtures"]
 
@@ -142,9 +142,7 @@ def test_predict_predcls_with_given_boxes_and_labels(toy_tools, toy_splits):
 
 def test_predict_on_a_registered_dataset_uses_its_gt_boxes(toy_tools, toy_splits):
     # In this process (the dataset is registered here under a private name), as tools/run_demo.py runs it.
-    spec = importlib.util.spec_from_file_location("tools_predict_e2e", os.path.join(ROOT, "tools", "predict.py"))
-    predict = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(predict)
+    predict = load_tool("predict")
     test_dicts, thing_classes, predicate_classes = toy_splits["test"]
     output = os.path.join(toy_tools.scratch("predict_dataset"), "out")
     weights = os.path.join(toy_tools.trained("predcls"), "model_final.pth")

@@ -1,6 +1,5 @@
 """Prediction: robust image reading, model inputs (ImagePreparer), given boxes, SceneGraph records, pictures, and
 tools/predict.py's main() end to end with a small stand-in model registered in META_ARCH_REGISTRY."""
-import importlib.util
 import json
 import os
 import uuid
@@ -19,24 +18,17 @@ from detectron2.structures import Boxes, Instances
 
 from kern_d2 import add_kern_config
 from kern_d2.checkpoint import CheckpointError
-from kern_d2.engine import ImagePreparer, SceneGraph, SceneGraphPredictor, load_given_boxes
+from kern_d2.engine import ImageFiles, ImagePreparer, SceneGraph, SceneGraphPredictor, load_given_boxes, output_stems
 from kern_d2.structures import SceneGraphInstances, set_relation_predictions
 from kern_d2.utils.image_io import ImageReadError, collect_image_files, read_image
 from kern_d2.utils.visualizer import draw_predicted_scene_graph
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tool_modules import load_tool
+
 THINGS = ["person", "hat", "dog"]
 PREDICATES = ["__no_relation__", "wears", "near", "on"]
 
-
-def _load_predict():
-    spec = importlib.util.spec_from_file_location("tools_predict", os.path.join(ROOT, "tools", "predict.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-predict = _load_predict()
+predict = load_tool("predict")  # its main(), the command line
 
 
 def _write_jpeg(path, h, w, seed=0):
@@ -185,9 +177,9 @@ def test_model_input_problems_name_the_image(tmp_path):
 
 def test_cli_reports_an_image_without_a_boxes_entry(tmp_path):
     path = _write_jpeg(tmp_path / "a.jpg", 50, 100)
-    files = predict.ImageFiles([path], ImagePreparer(_cfg(), THINGS), {"other.jpg": {"boxes": [[0, 0, 1, 1]]}})
+    files = ImageFiles([path], ImagePreparer(_cfg(), THINGS), {"other.jpg": {"boxes": [[0, 0, 1, 1]]}})
     assert files[0] == {"file": path, "error": f"{path}: no entry in --boxes-json (keys are file paths or names)"}
-    by_name = predict.ImageFiles([path], ImagePreparer(_cfg(), THINGS), {"a.jpg": {"boxes": [[0, 0, 1, 1]]}})
+    by_name = ImageFiles([path], ImagePreparer(_cfg(), THINGS), {"a.jpg": {"boxes": [[0, 0, 1, 1]]}})
     assert "no labels" in by_name[0]["error"]
 
 
@@ -211,7 +203,7 @@ def test_inputs_expand_folders_and_globs_and_stems_stay_distinct(tmp_path):
     files, ignored = collect_image_files(inputs)
     assert files == [str(tmp_path / "a.PNG"), str(tmp_path / "b.jpg"), str(tmp_path / "sub" / "a.jpg")]
     assert ignored == [str(tmp_path / "notes.txt")]
-    assert list(predict.output_stems(files + ["x/summary.jpg"]).values()) == ["a", "b", "a-2", "summary-2"]
+    assert list(output_stems(files + ["x/summary.jpg"]).values()) == ["a", "b", "a-2", "summary-2"]
     with pytest.raises(FileNotFoundError, match="no such file"):
         collect_image_files([str(tmp_path / "nothing*.jpg")])
 

@@ -1,5 +1,4 @@
 """Knowledge priors: computation on a hand-made dataset, .npz round trip, checks, and checkpoint round trip."""
-import importlib.util
 import os
 import uuid
 
@@ -20,9 +19,10 @@ from kern_d2.modeling.priors import (
     save_priors,
 )
 
+from tool_modules import load_tool
+
 THINGS = ["cat", "dog", "hat"]
 PREDICATES = ["__no_relation__", "on", "near"]
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ann(box, category, mode=BoxMode.XYXY_ABS):
@@ -222,10 +222,7 @@ def test_compute_priors_tool(tmp_path):
     name = f"test_priors_tool_{uuid.uuid4().hex}"
     DatasetCatalog.register(name, hand_dataset)
     MetadataCatalog.get(name).set(thing_classes=THINGS, predicate_classes=PREDICATES)
-    tool_path = os.path.join(ROOT, "tools", "compute_priors.py")
-    spec = importlib.util.spec_from_file_location("compute_priors_tool", tool_path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("compute_priors")
     try:
         output = str(tmp_path / "tool.npz")
         tool.main(["--dataset", name, "--output", output, "--per-box-pair"])

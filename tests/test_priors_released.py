@@ -1,8 +1,6 @@
 """The released construction of the knowledge priors (compute_priors(..., construction="released")): against an
 independent per-image-loop reference (released_port_priors.py), against hand-derived numbers, the npz field
 ``construction`` and the refusal of a file built otherwise than the config asks."""
-import importlib.util
-import os
 import uuid
 
 import numpy as np
@@ -14,15 +12,14 @@ from detectron2.structures import BoxMode
 
 import kern_d2.modeling.priors as priors_module
 from kern_d2 import add_kern_config
-from kern_d2.modeling.priors import KnowledgePriors, compute_priors, load_priors, save_priors
-from kern_d2.modeling.roi_heads import build_priors
+from kern_d2.modeling.priors import KnowledgePriors, build_priors, compute_priors, load_priors, save_priors
 from released_port_priors import drop_background, released_priors
+from tool_modules import load_tool
 
 THINGS = ["cat", "dog", "hat", "cup"]
 CAT, DOG, HAT, CUP = range(4)
 PREDICATES = ["__no_relation__", "on", "near"]
 ON, NEAR = 1, 2
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _image(name, height, width, boxes, classes, relations):
@@ -258,16 +255,8 @@ def test_build_priors_checks_the_config(tmp_path, registered, made, keys):
             build_priors(cfg)
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("compute_priors_tool", os.path.join(ROOT, "tools",
-                                                                                      "compute_priors.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def test_compute_priors_tool_released(tmp_path, registered, capsys):
-    tool = _tool()
+    tool = load_tool("compute_priors")
     output = str(tmp_path / "released.npz")
     tool.main(["--dataset", registered, "--output", output, "--released"])
     assert "released construction" in capsys.readouterr().out

@@ -1,9 +1,8 @@
 """Bad data gets a clear error naming the file, the image and the problem, or a counted, logged skip where the user
 asked for one. Complements tests/test_vg_loader.py (index ranges, foreign boxes, labels, degenerate boxes, missing
 images and keys) with broken files, wrong dtypes, problems that reach the mapper inside a data-loader worker,
-class lists that disagree with the config or the priors, and predict.py's reading of awkward image files.
+class lists that disagree with the config or the priors, and predict_files' reading of awkward image files.
 """
-import importlib.util
 import json
 import logging
 import os
@@ -24,13 +23,11 @@ from detectron2.structures import Boxes
 
 from kern_d2.config import add_kern_config
 from kern_d2.data import DatasetFormatError, SGGDatasetMapper, load_vg_sgg
-from kern_d2.engine import SceneGraphPredictor
-from kern_d2.modeling.priors import save_priors
-from kern_d2.modeling.roi_heads import build_priors
+from kern_d2.engine import ImageFiles, SceneGraphPredictor, predict_files
+from kern_d2.modeling.priors import build_priors, save_priors
 from kern_d2.structures import SceneGraphInstances, set_relation_predictions
 from kern_d2.utils.image_io import collect_image_files
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["person", "hat", "cup"]
 PREDICATES = ["on", "wears"]
 IMAGES = [
@@ -229,14 +226,7 @@ def test_priors_of_another_dataset_are_refused(tmp_path, registered):
         build_priors(sgg_cfg("unregistered_dataset", 3, 5, priors))
 
 
-# ------------------------------------------------------------------------------------------------- predict.py I/O
-
-
-def _load_predict():
-    spec = importlib.util.spec_from_file_location("tools_predict", os.path.join(ROOT, "tools", "predict.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# --------------------------------------------------------------------------------------------- predict_files I/O
 
 
 class WholeImageModel(torch.nn.Module):
@@ -254,7 +244,6 @@ class WholeImageModel(torch.nn.Module):
 
 
 def test_predict_reads_awkward_images_in_loader_workers_and_reports_the_bad_ones(tmp_path):
-    predict = _load_predict()
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 4), dtype=np.uint8)).save(folder / "alpha.png")
@@ -271,8 +260,8 @@ def test_predict_reads_awkward_images_in_loader_workers_and_reports_the_bad_ones
     files, _ = collect_image_files([str(folder)])
     predictor = SceneGraphPredictor(cfg, model=WholeImageModel(), thing_classes=CLASSES,
                                     predicate_classes=["__no_relation__"] + PREDICATES)
-    images = predict.ImageFiles(files, predictor.prepare)
-    summary = predict.predict_files(predictor, images, str(tmp_path / "out"), batch_size=2, num_workers=1)
+    images = ImageFiles(files, predictor.prepare)
+    summary = predict_files(predictor, images, str(tmp_path / "out"), batch_size=2, num_workers=1)
 
     processed = {os.path.basename(p["file"]): p for p in summary["processed"]}
     assert sorted(processed) == ["alpha.png", "gray.jpg", "huge.jpg", "one.png"]

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import os
 from collections import Counter, defaultdict
@@ -12,7 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from kern_d2.data import register_toy
 from kern_d2.data.generators.toy import PREDICATES, THING_CLASSES, generate_toy_dataset, generate_toy_image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tool_modules import load_tool
 
 
 def read_h5(path):
@@ -157,10 +156,7 @@ def test_unannotated_pairs_and_object_counts(sample_images):
 
 
 def test_cli_writes_dataset_and_prints_summary(tmp_path, capsys):
-    path = os.path.join(ROOT, "tools", "make_toy_dataset.py")
-    spec = importlib.util.spec_from_file_location("make_toy_dataset", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("make_toy_dataset")
     out = str(tmp_path / "toy")
     module.main(["--output", out, "--num-train", "5", "--num-val", "2", "--num-test", "2", "--seed", "1"])
     printed = capsys.readouterr().out

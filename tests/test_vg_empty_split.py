@@ -1,6 +1,5 @@
 """An empty VG split is a clear error naming the split, the counts and the val size; the builtin val size and
 missing-image policy come from the environment; tools/compute_priors.py refuses an empty dataset."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from kern_d2.data import DatasetFormatError, load_vg_sgg, register_vg_sgg
 from kern_d2.data.datasets.builtin import vg150_settings_from_env
+
+from tool_modules import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES, PREDICATES = ["person", "hat"], ["wears"]
@@ -81,14 +82,6 @@ def test_builtin_vg150_uses_the_environment(tmp_path, vg_writer):
     assert out.stdout.split() == ["1", "2"]  # 4 usable: 1 val, 3 train of which one file is missing
 
 
-def _compute_priors_module():
-    path = os.path.join(ROOT, "tools", "compute_priors.py")
-    spec = importlib.util.spec_from_file_location("compute_priors_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("dicts", [[], [{"file_name": "a.jpg", "annotations": [], "relations": np.zeros((0, 3))}]])
 def test_compute_priors_refuses_a_dataset_without_images_or_relations(tmp_path, dicts):
     name = f"priors_empty_{len(dicts)}"
@@ -97,5 +90,5 @@ def test_compute_priors_refuses_a_dataset_without_images_or_relations(tmp_path, 
         MetadataCatalog.get(name).set(thing_classes=CLASSES, predicate_classes=["__no_relation__"] + PREDICATES)
     output = tmp_path / "priors.npz"
     with pytest.raises(ValueError, match=rf"dataset {name} has {len(dicts)} images and 0 relations: refusing"):
-        _compute_priors_module().main(["--dataset", name, "--output", str(output)])
+        load_tool("compute_priors").main(["--dataset", name, "--output", str(output)])
     assert not output.exists()

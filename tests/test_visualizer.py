@@ -1,5 +1,5 @@
-"""kern_d2.utils.visualizer.draw_scene_graph and tools/visualize_data.py on a tiny registered dataset."""
-import importlib.util
+"""kern_d2.utils.visualizer.draw_scene_graph, kern_d2.utils.data_visualizer and tools/visualize_data.py on a tiny
+registered dataset."""
 import os
 import uuid
 
@@ -10,16 +10,10 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from kern_d2.utils.data_visualizer import gt_scene_graph
 from kern_d2.utils.visualizer import MAX_LONG_SIDE, MIN_LONG_SIDE, box_color, draw_scene_graph, save_image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tool_modules import load_tool
 
 
 def _image(h, w, seed=0):
@@ -120,16 +114,15 @@ def tiny_dataset(tmp_path):
 
 
 def test_gt_scene_graph_converts_boxes_and_names(tiny_dataset):
-    tool = _load_tool("visualize_data")
     _, dicts = tiny_dataset
-    boxes, labels, triplets = tool.gt_scene_graph(dicts[0], ["man", "horse"], ["__no_relation__", "on", "riding"])
+    boxes, labels, triplets = gt_scene_graph(dicts[0], ["man", "horse"], ["__no_relation__", "on", "riding"])
     np.testing.assert_allclose(boxes, [[10, 10, 80, 110], [90, 40, 150, 90]])
     assert labels == ["man", "horse"]
     assert triplets == [(0, 1, "riding", None), (1, 0, "on", None)]
 
 
 def test_visualize_data_main_writes_pictures(tiny_dataset, tmp_path):
-    tool = _load_tool("visualize_data")
+    tool = load_tool("visualize_data")
     name, _ = tiny_dataset
     out = tmp_path / "vis"
     assert tool.main(["--dataset", name, "--output", str(out), "--num-images", "5"]) == 0

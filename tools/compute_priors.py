@@ -23,15 +23,15 @@ from kern_d2.utils.cli import add_tool_arguments, one_line_errors, quiet_depende
 
 quiet_dependency_warnings()  # before Detectron2's imports
 
-import numpy as np  # noqa: E402
-
 import kern_d2.data  # noqa: E402,F401  (registers the builtin datasets)
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 from kern_d2.config_check import unregistered_dataset_error  # noqa: E402
 from kern_d2.data import register_user_datasets  # noqa: E402
 from kern_d2.data.datasets.registration import sgg_dataset_classes  # noqa: E402
+from kern_d2.engine import load_cfg  # noqa: E402
 from kern_d2.modeling.priors import compute_predicate_counts, compute_priors, save_priors  # noqa: E402
+from kern_d2.modeling.priors_summary import check_priors_data, summarize_priors  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -53,21 +53,9 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args):
-    from detectron2.config import get_cfg
-
-    from kern_d2 import add_kern_config
-
-    cfg = get_cfg()
-    add_kern_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
-    return cfg
-
-
 def resolve_dataset_and_output(args):
     """(dataset name, output path) from the arguments, the config and the dataset's metadata."""
-    cfg = _config(args) if args.config_file else None
+    cfg = load_cfg(args) if args.config_file else None
     if args.dataset:
         dataset = args.dataset
     elif cfg is not None:
@@ -86,41 +74,6 @@ def resolve_dataset_and_output(args):
     return dataset, output
 
 
-def check_not_empty(dataset: str, dataset_dicts) -> None:
-    """ValueError when the dataset has no image or no relation: its priors would be the smoothing alone."""
-    num_relations = sum(len(d.get("relations", [])) for d in dataset_dicts)
-    if not dataset_dicts or not num_relations:
-        raise ValueError(
-            f"dataset {dataset} has {len(dataset_dicts)} images and {num_relations} relations: refusing to write "
-            "priors from no data (check the split and its val carve-out, e.g. $KERN_VG_NUM_VAL for vg150_*)"
-        )
-
-
-def summarize(dataset_dicts, obj_cooccurrence, rel_prior, thing_classes, predicate_classes, top: int = 5) -> str:
-    """A few lines: dataset size and the most confident class-pair predicate priors."""
-    num_boxes = sum(len(d.get("annotations", [])) for d in dataset_dicts)
-    num_relations = sum(len(d.get("relations", [])) for d in dataset_dicts)
-    lines = [
-        f"{len(dataset_dicts)} images, {num_boxes} boxes, {num_relations} relations; "
-        f"{len(thing_classes)} classes, {len(predicate_classes)} predicates",
-        f"co-occurrence: {np.count_nonzero(obj_cooccurrence)} non-zero entries, max {obj_cooccurrence.max():.3f}",
-    ]
-    fg = rel_prior[:, :, 1:]
-    # Only class pairs with relations in the data: the others hold the smoothing's uniform fill.
-    pair_relations = np.zeros(fg.shape[:2], dtype=np.int64)
-    for d in dataset_dicts:
-        labels = np.array([a["category_id"] for a in d.get("annotations", [])], dtype=np.int64)
-        rels = np.asarray(d.get("relations", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
-        np.add.at(pair_relations, (labels[rels[:, 0]], labels[rels[:, 1]]), 1)
-    best = np.where(pair_relations > 0, fg.max(axis=2), -1.0)
-    flat = np.argsort(best, axis=None, kind="stable")[::-1][: min(top, int((pair_relations > 0).sum()))]
-    for s, o in zip(*np.unravel_index(flat, fg.shape[:2])):
-        k = int(fg[s, o].argmax()) + 1
-        lines.append(f"  p({predicate_classes[k]} | {thing_classes[s]}, {thing_classes[o]}) = {rel_prior[s, o, k]:.3f} "
-                     f"({pair_relations[s, o]} relation{'s' if pair_relations[s, o] != 1 else ''})")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> str:
     args = get_parser().parse_args(argv)
     register_user_datasets(args.register)
@@ -131,7 +84,7 @@ def main(argv=None) -> str:
     start = time.perf_counter()
     dataset_dicts = DatasetCatalog.get(dataset)
     loaded = time.perf_counter()
-    check_not_empty(dataset, dataset_dicts)
+    check_priors_data(dataset, dataset_dicts)
     construction = "released" if args.released else "kern_d2"
     obj_cooccurrence, rel_prior = compute_priors(
         dataset_dicts, len(thing_classes), len(predicate_classes), per_box_pair=args.per_box_pair,
@@ -147,7 +100,7 @@ def main(argv=None) -> str:
         how = f"kern_d2 construction, co-occurrence {'per box pair' if args.per_box_pair else 'per class pair'}"
     print(f"dataset {dataset}: loaded in {loaded - start:.1f} s, priors computed in {computed - loaded:.1f} s "
           f"({how})")
-    print(summarize(dataset_dicts, obj_cooccurrence, rel_prior, thing_classes, predicate_classes))
+    print(summarize_priors(dataset_dicts, obj_cooccurrence, rel_prior, thing_classes, predicate_classes))
     print(f"wrote {output}")
     return output
 

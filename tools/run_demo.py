@@ -59,23 +59,9 @@ def write_test_boxes(dataset_root, path, num_images):
     return list(entries)
 
 
-def leads(study: dict) -> list:
-    """[(mode, KERN mR@50, best baseline, its mR@50)] from study.json."""
-    out = []
-    for mode in MODES:
-        rows = study["modes"][mode]
-        baseline = max((m for m in rows if m != "kern"), key=lambda m: rows[m]["metrics"]["mR@50"]["mean"])
-        out.append((mode, rows["kern"]["metrics"]["mR@50"]["mean"], baseline,
-                    rows[baseline]["metrics"]["mR@50"]["mean"]))
-    return out
-
-
-def not_ahead(study: dict, margin: float = MARGIN) -> list:
-    """The modes where KERN does not lead its best baseline on mR@50 by more than ``margin`` points."""
-    return [mode for mode, kern, _, value in leads(study) if not kern - value > margin]
-
-
 def main():
+    from kern_d2.study import kern_leads, modes_not_ahead
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="output/demo")
     parser.add_argument("--fresh", action="store_true", help="redo every step")
@@ -118,8 +104,8 @@ def main():
     print(f"\n[demo] report: {os.path.join(study_dir, 'study.md')}; plots: {study_dir}/*.png")
     print(f"[demo] scene graph pictures: {pictures}")
     print(f"[demo] total {time.time() - total:.0f} s")
-    failed = not_ahead(study)
-    for mode, kern, baseline, value in leads(study):
+    failed = modes_not_ahead(study, MARGIN)
+    for mode, kern, baseline, value in kern_leads(study):
         print(f"[demo] {mode}: KERN mR@50 {kern:.2f} vs best baseline {baseline.upper()} {value:.2f}: "
               f"{'NOT ahead' if mode in failed else 'ahead'} by more than {MARGIN:g} points")
     if failed:

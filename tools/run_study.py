@@ -23,78 +23,6 @@ from kern_d2.utils.cli import quiet_dependency_warnings
 quiet_dependency_warnings()  # before Detectron2's imports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Per dataset prefix: its generator (run with --output <root>/<prefix>), detector config and KERN base config.
-DATASETS = {
-    "toy": {"generator": "tools/make_toy_dataset.py", "detector_config": "configs/toy/toy_detector.yaml",
-            "kern_config": "configs/toy/Base-Toy-KERN.yaml"},
-    "synth": {"generator": "tools/make_synth_dataset.py", "detector_config": "configs/synth/synth_detector.yaml",
-              "kern_config": "configs/synth/Base-Synth-KERN.yaml"},
-}
-QUICK_ITER_FRACTION = 0.1  # --quick: KERN runs take this fraction of the config's iterations
-QUICK_DETECTOR_ITER_FRACTION = 0.25
-
-
-def parse_args(argv=None):
-    from kern_d2.study import FIDELITY_MODELS, MODELS, MODES, variant_models
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--dataset", default="synth", help=f"dataset prefix (<prefix>_train/_test); known: "
-                        f"{', '.join(DATASETS)}")
-    parser.add_argument("--output", default="output/study")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS) + list(FIDELITY_MODELS),
-                        help="study models; the fidelity study's: " + ", ".join(FIDELITY_MODELS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--quick", action="store_true", help=f"one seed, {QUICK_ITER_FRACTION:g} of the KERN "
-                        f"config's iterations and {QUICK_DETECTOR_ITER_FRACTION:g} of the detector's "
-                        "(unless --iters / --detector-iters)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (they share the device and the CPUs)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    parser.add_argument("--iters", type=int, help="iterations of every KERN run (steps and warmup scaled)")
-    parser.add_argument("--detector-iters", type=int, help="iterations of the detector")
-    parser.add_argument("--detector-config", help="default: by dataset (see DATASETS in this file)")
-    parser.add_argument("--detector-weights", help="a trained detector (of --detector-config) instead of training one")
-    parser.add_argument("--kern-config", help="KERN base config; default: by dataset")
-    parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME=KEY VALUE",
-                        help="an extra KERN model: NAME=KEY VALUE [KEY VALUE ...]; short keys are "
-                        "MODEL.ROI_RELATION_HEAD keys, dotted keys full config keys")
-    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
-                        help="config overrides of every run, detector included (last on the command line)")
-    parser.add_argument("--fresh", action="store_true", help="redo every step")
-    from kern_d2.utils.cli import add_tool_arguments
-
-    add_tool_arguments(parser)  # --register: your datasets (<prefix>_train, <prefix>_test), in every run too
-    args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error("--jobs must be >= 1")
-    if len(args.opts) % 2:
-        parser.error("--opts takes KEY VALUE pairs")
-    known = DATASETS.get(args.dataset, {})
-    if not (args.detector_config or known) or not (args.kern_config or known):
-        parser.error(f"dataset {args.dataset!r} has no default configs: give --detector-config and --kern-config")
-    # The runs work in the repository root: the user's paths from here, the defaults from the root.
-    args.detector_config = os.path.abspath(args.detector_config or os.path.join(ROOT, known["detector_config"]))
-    args.kern_config = os.path.abspath(args.kern_config or os.path.join(ROOT, known["kern_config"]))
-    try:
-        args.variants = dict(parse_variant(tokens) for tokens in args.variant)
-        variant_models(args.variants)
-    except ValueError as e:
-        parser.error(str(e))
-    if args.detector_weights and not os.path.isfile(args.detector_weights):
-        parser.error(f"--detector-weights: no file {args.detector_weights}")
-    if args.quick:
-        args.seeds = args.seeds[:1]
-    return args
-
-
-def parse_variant(tokens):
-    """["name=KEY", "VALUE", "KEY", "VALUE", ...] -> (name, {KEY: VALUE})."""
-    name, sep, first_key = tokens[0].partition("=")
-    rest = [first_key] + list(tokens[1:])
-    if not sep or not name or not first_key or len(rest) % 2:
-        raise ValueError(f"--variant {' '.join(tokens)}: expected NAME=KEY VALUE [KEY VALUE ...]")
-    return name, dict(zip(rest[0::2], rest[1::2]))
 
 
 def solver_of(config_file):
@@ -138,7 +66,9 @@ def quick_iters(config_file, fraction):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    from kern_d2.study import parse_study_args
+
+    args = parse_study_args(argv, root=ROOT, doc=__doc__)
     out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)
     datasets_root = os.path.abspath(os.environ.get("KERN_DATASETS", os.path.join(ROOT, "datasets")))
@@ -155,7 +85,8 @@ def main(argv=None):
         register_user_datasets(args.register)  # also into $KERN_REGISTER, for the runs
 
     from kern_d2.evaluation.sgg_report import read_sgg_metrics
-    from kern_d2.study import (FIDELITY_MODELS, MODELS, Job, JobRunner, format_duration, plan_runs, scaled_schedule,
+    from kern_d2.study import (FIDELITY_MODELS, MODELS, QUICK_DETECTOR_ITER_FRACTION, QUICK_ITER_FRACTION,
+                               STUDY_DATASETS, Job, JobRunner, format_duration, plan_runs, scaled_schedule,
                                uses_released_priors, variant_models, write_report)
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -169,8 +100,8 @@ def main(argv=None):
     # Setup, one step after the other: the dataset, the detector, the priors.
     setup = []
     dataset_dir = os.path.join(datasets_root, ds)
-    if ds in DATASETS:
-        setup.append(Job(f"make the {ds} dataset", [DATASETS[ds]["generator"], "--output", dataset_dir],
+    if ds in STUDY_DATASETS:
+        setup.append(Job(f"make the {ds} dataset", [STUDY_DATASETS[ds]["generator"], "--output", dataset_dir],
                          os.path.join(dataset_dir, "VG-SGG.h5"), os.path.join(logs, "dataset.txt")))
     elif not {f"{ds}_train", test_dataset} <= set(DatasetCatalog.list()):
         sys.exit(f"[study] {ds}_train and {test_dataset} are not both registered and no generator is known for "
@@ -192,7 +123,7 @@ def main(argv=None):
     setup.append(Job("compute the priors", ["tools/compute_priors.py", "--dataset", f"{ds}_train", "--output", priors],
                      priors, os.path.join(logs, "priors.txt"), marker=os.path.join(out, "priors_job.json")))
     # Models that ask for the released prior construction get their own priors file.
-    model_table = dict(MODELS, **FIDELITY_MODELS, **variant_models(args.variants))
+    model_table = dict(MODELS, **FIDELITY_MODELS, **variant_models(args.variants, args.variant_modes))
     studied = list(args.models) + list(args.variants)
     released_priors = os.path.join(out, "priors_released.npz")
     if any(uses_released_priors(model_table[m]["keys"]) for m in studied):

@@ -21,9 +21,9 @@ import kern_d2.modeling  # noqa: E402,F401  (registers SceneGraphRCNN, KERNROIHe
 from detectron2.engine import default_argument_parser  # noqa: E402
 
 from kern_d2.checkpoint import SGGCheckpointer  # noqa: E402
-from kern_d2.config_check import cfg_for_weights, check_config, load_config, weights_to_load  # noqa: E402
+from kern_d2.config_check import cfg_for_weights, check_config, weights_to_load  # noqa: E402
 from kern_d2.data import register_user_datasets  # noqa: E402
-from kern_d2.engine import SGGTrainer, close_process_group, setup_cfg  # noqa: E402
+from kern_d2.engine import SGGTrainer, close_process_group, load_cfg, setup_cfg  # noqa: E402
 from kern_d2.engine.distributed import add_distributed_arguments, launch_job  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def check(args):
     on a problem."""
     with one_line_errors("train_net.py", debug_enabled(args)):
         register_user_datasets(args.register)
-        cfg = load_config(args.config_file, args.opts)
+        cfg = load_cfg(args)
         check_config(cfg, "eval" if args.eval_only else "train", resume=args.resume)
     return cfg
 

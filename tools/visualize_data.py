@@ -18,18 +18,16 @@ from kern_d2.utils.cli import add_tool_arguments, debug_enabled, quiet_dependenc
 
 quiet_dependency_warnings()  # before Detectron2's imports
 
-import numpy as np  # noqa: E402
-
 from detectron2.data import DatasetCatalog  # noqa: E402
-from detectron2.structures import BoxMode  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import kern_d2.data  # noqa: E402,F401  (registers the builtin datasets)
 from kern_d2.config_check import ConfigError, unregistered_dataset_error  # noqa: E402
 from kern_d2.data import DatasetFormatError, register_user_datasets  # noqa: E402
 from kern_d2.data.datasets.registration import sgg_dataset_classes  # noqa: E402
-from kern_d2.utils.image_io import ImageReadError, read_image  # noqa: E402
-from kern_d2.utils.visualizer import MAX_LONG_SIDE, draw_scene_graph, save_image  # noqa: E402
+from kern_d2.utils.data_visualizer import draw_dataset_dict  # noqa: E402
+from kern_d2.utils.image_io import ImageReadError  # noqa: E402
+from kern_d2.utils.visualizer import save_image  # noqa: E402
 
 logger = logging.getLogger("kern_d2.visualize_data")
 
@@ -53,40 +51,6 @@ def select_dicts(dicts: Sequence[dict], image_ids: Optional[Sequence[str]], num_
     if missing:
         raise KeyError(f"image ids not in the dataset: {missing}")
     return [by_id[str(i)] for i in image_ids]
-
-
-def gt_scene_graph(record: dict, thing_classes: Sequence[str], predicate_classes: Sequence[str]):
-    """(boxes [G,4] XYXY_ABS, label names, triplets (subject, object, predicate name, None)) of one dataset dict."""
-    annotations = record.get("annotations", [])
-    boxes = np.asarray(
-        [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations], dtype=np.float64
-    ).reshape(-1, 4)
-    where = f"image {record.get('image_id')} ({record.get('file_name')})"
-    labels = []
-    for a in annotations:
-        if not 0 <= a["category_id"] < len(thing_classes):
-            raise ValueError(f"{where}: category_id {a['category_id']} has no name in thing_classes")
-        labels.append(thing_classes[a["category_id"]])
-    relations = np.asarray(record.get("relations", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
-    if len(relations) and relations[:, 2].max() >= len(predicate_classes):
-        raise ValueError(f"{where}: predicate {relations[:, 2].max()} has no name in predicate_classes")
-    triplets = [(int(s), int(o), predicate_classes[int(p)], None) for s, o, p in relations]
-    return boxes, labels, triplets
-
-
-def draw_record(record: dict, thing_classes, predicate_classes, max_triplets: int, dataset_name: str) -> np.ndarray:
-    loaded = read_image(record["file_name"], max_side=MAX_LONG_SIDE)
-    boxes, labels, triplets = gt_scene_graph(record, thing_classes, predicate_classes)
-    height, width = record.get("height", loaded.height), record.get("width", loaded.width)
-    if (height, width) != (loaded.height, loaded.width):
-        logger.warning(
-            f"{record['file_name']}: dataset says {width}x{height} but the file is {loaded.width}x{loaded.height}; "
-            "boxes are scaled to the file"
-        )
-    # Boxes are at the dataset's image size; the pixels may have been read reduced.
-    boxes = boxes * np.array([loaded.rgb.shape[1] / width, loaded.rgb.shape[0] / height] * 2)
-    title = f"{dataset_name}: image {record['image_id']}"
-    return draw_scene_graph(loaded.rgb, boxes, labels, triplets, max_triplets=max_triplets, title=title)
 
 
 def _file_stem(image_id) -> str:
@@ -114,7 +78,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     written = 0
     for record in records:
         try:
-            picture = draw_record(record, thing_classes, predicate_classes, args.max_triplets, args.dataset)
+            picture = draw_dataset_dict(record, thing_classes, predicate_classes, args.max_triplets,
+                                        title=f"{args.dataset}: image {record['image_id']}")
         except ImageReadError as e:
             logger.warning(f"skipped image {record['image_id']}: {e}")
             continue

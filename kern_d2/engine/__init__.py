@@ -1,6 +1,17 @@
-"""Training (``SGGTrainer`` and its config helpers) and prediction (``SceneGraphPredictor``) of kern_d2 models."""
+"""Training (``SGGTrainer`` and its config helpers) and prediction (``SceneGraphPredictor``; over many image files:
+``predict_files``) of kern_d2 models."""
 from .given_boxes import dataset_given_boxes, find_given_boxes, load_given_boxes
 from .predictor import ImagePreparer, PreparedImage, SceneGraphPredictor, resolve_class_names
+from .predict_images import (
+    SUMMARY_NAME,
+    ImageFiles,
+    InputError,
+    output_stems,
+    predict_files,
+    prediction_mode,
+    run_batch,
+    select_images,
+)
 from .scene_graph import SCHEMA_VERSION, SceneGraph, Triplet
 from .trainer import (
     BestModelCheckpointer,
@@ -18,10 +29,13 @@ from .trainer import (
 
 __all__ = [
     "BestModelCheckpointer",
+    "ImageFiles",
     "ImagePreparer",
+    "InputError",
     "PreparedImage",
     "SCHEMA_VERSION",
     "SGGTrainer",
+    "SUMMARY_NAME",
     "SceneGraph",
     "SceneGraphPredictor",
     "Triplet",
@@ -34,7 +48,12 @@ __all__ = [
     "is_sgg_model",
     "load_cfg",
     "load_given_boxes",
+    "output_stems",
+    "predict_files",
+    "prediction_mode",
     "resolve_class_names",
+    "run_batch",
+    "select_images",
     "setup_cfg",
     "share_cpu_cores",
     "wrap_for_distributed",

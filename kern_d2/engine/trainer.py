@@ -240,8 +240,9 @@ def best_metric_key(cfg) -> str:
 
 
 def load_cfg(args):
-    """Config from ``--config-file`` and ``opts`` with kern_d2's keys (frozen); a bad key or value is a one-line
-    :class:`kern_d2.config_check.ConfigError` ("did you mean ...")."""
+    """The config of a tool's command line (every tool loads it here): ``args.config_file`` and the ``KEY VALUE``
+    overrides ``args.opts`` (None: none) over kern_d2's defaults, frozen. A missing file, a bad key or value is a
+    one-line :class:`kern_d2.config_check.ConfigError` ("did you mean ...")."""
     return load_config(args.config_file, args.opts)
 
 

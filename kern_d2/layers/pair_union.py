@@ -4,6 +4,9 @@ A relation pair (subject, object) is described by its *union box*: x1 = min, y1 
 two boxes. The compiled ops work on the union box without materialising it:
 
 - :func:`pair_union_roi_align`: RoIAlign (torchvision semantics) of the union box of every pair, with a backward.
+  The CUDA backward accumulates with atomic adds (run-to-run differences in the last bits): under
+  ``torch.use_deterministic_algorithms(True)`` a CUDA call that needs a gradient runs on the CPU kernels instead
+  (deterministic), as torchvision's ``roi_align`` falls back to a deterministic path.
 - :func:`box_pair_masks`: the subject and object rectangles drawn inside the union box (the "spatial map").
 """
 from typing import Tuple, Union
@@ -189,7 +192,8 @@ def pair_union_roi_align(
     RoIAlign over the union box of each pair: equal to ``torchvision.ops.roi_align(features, union_rois,
     output_size, spatial_scale, sampling_ratio, aligned)`` (same defaults), without building ``union_rois``.
     Differentiable w.r.t. ``features`` (twice); the boxes get no gradient. Half/bfloat16 features run natively
-    with fp32 accumulation (also under autocast).
+    with fp32 accumulation (also under autocast). Under ``torch.use_deterministic_algorithms(True)``, CUDA features
+    that need a gradient are pooled by the CPU kernels, whose backward is deterministic (slower: host copies).
 
     Args:
         features: [B, C, H, W].
@@ -206,6 +210,30 @@ def pair_union_roi_align(
     _check_features("pair_union_roi_align", features, boxes)
     size = _square_size(output_size)
     _check_layout("pair_union_roi_align", boxes, 5, pair_idx, size, "output_size")
-    return _ops().pair_union_roi_align(
-        features, boxes, pair_idx, size, float(spatial_scale), int(sampling_ratio), bool(aligned)
+    args = (size, float(spatial_scale), int(sampling_ratio), bool(aligned))
+    if _needs_deterministic_path(features):
+        return _pair_union_roi_align_deterministic(features, boxes, pair_idx, *args)
+    return _ops().pair_union_roi_align(features, boxes, pair_idx, *args)
+
+
+def _needs_deterministic_path(features: torch.Tensor) -> bool:
+    """Whether :func:`pair_union_roi_align` must avoid the CUDA kernels: under
+    ``torch.use_deterministic_algorithms(True)`` (warn-only too), for CUDA features that will get a gradient. Only
+    the CUDA backward is nondeterministic (atomic adds); the CUDA forward and the CPU kernels are deterministic."""
+    return (
+        torch.are_deterministic_algorithms_enabled()
+        and features.is_cuda
+        and features.requires_grad
+        and torch.is_grad_enabled()
     )
+
+
+def _pair_union_roi_align_deterministic(features: torch.Tensor, boxes: torch.Tensor, pair_idx: torch.Tensor, *args):
+    """[M, C, n, n] on the device of ``features``: the op run by its CPU kernels, whose backward is deterministic
+    (each thread owns whole channel planes of the gradient), with autograd through the copies. Same results up to
+    rounding, twice differentiable; slow (the features and their gradient cross to the host), so only for
+    ``torch.use_deterministic_algorithms(True)``. (torchvision's pure-PyTorch ``roi_align`` is no substitute: it
+    differs for samples outside the map and gives NaN gradients for empty boxes with adaptive sampling.)"""
+    cpu = torch.device("cpu")
+    pooled = _ops().pair_union_roi_align(features.to(cpu), boxes.to(cpu), pair_idx.to(cpu), *args)
+    return pooled.to(features.device)

@@ -8,28 +8,49 @@ relation fields index the boxes).
 from typing import Dict, List
 
 import torch
+from torch import nn
 
+from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Boxes, Instances
 
+from kern_d2.config import sgg_mode
 from kern_d2.structures import SceneGraphInstances
-
-from .roi_heads import sgg_mode
 
 
 @META_ARCH_REGISTRY.register()
 class SceneGraphRCNN(GeneralizedRCNN):
-    def __init__(self, cfg):
-        super().__init__(**GeneralizedRCNN.from_config(cfg))
-        rel = cfg.MODEL.ROI_RELATION_HEAD
-        self.sgg_mode = sgg_mode(rel.USE_GT_BOX, rel.USE_GT_OBJECT_LABEL)
-        self.freeze_detector = rel.FREEZE_DETECTOR
-        if self.freeze_detector:
-            for module in self._detector_modules():
-                for param in module.parameters():
-                    param.requires_grad_(False)
+    """GeneralizedRCNN whose ROI heads (:class:`KERNROIHeads`) predict scene graphs; see the module docstring."""
 
-    def _detector_modules(self) -> List[torch.nn.Module]:
+    @configurable
+    def __init__(self, *, sgg_mode: str, freeze_detector: bool, **kwargs):
+        """
+        Args:
+            sgg_mode: "predcls", "sgcls" or "sgdet" (:func:`kern_d2.config.sgg_mode`).
+            freeze_detector: the detector (backbone, RPN, box head and box predictor) gets no gradients and stays
+                in eval mode (the paper's setting). The one place that freezes it.
+
+        Other arguments are the same as :class:`GeneralizedRCNN`.
+        """
+        super().__init__(**kwargs)
+        self.sgg_mode = sgg_mode
+        self.freeze_detector = freeze_detector
+        if freeze_detector:
+            for module in self._detector_modules():
+                module.requires_grad_(False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        rel = cfg.MODEL.ROI_RELATION_HEAD
+        ret.update(
+            sgg_mode=sgg_mode(rel.USE_GT_BOX, rel.USE_GT_OBJECT_LABEL),
+            freeze_detector=rel.FREEZE_DETECTOR,
+        )
+        return ret
+
+    def _detector_modules(self) -> List[nn.Module]:
+        """The parts ``freeze_detector`` freezes."""
         modules = [self.backbone, self.roi_heads.box_head, self.roi_heads.box_predictor]
         if self.proposal_generator is not None:
             modules.append(self.proposal_generator)

@@ -14,24 +14,26 @@ It records the construction in ``construction`` ("kern_d2" | "released"); files 
 refuses a file built otherwise than MODEL.ROI_RELATION_HEAD.PRIOR_CONSTRUCTION says (``KnowledgePriors.from_file``).
 
 They are saved as a pickle-free .npz (``save_priors``/``load_priors``) and held by ``KnowledgePriors`` as buffers, so
-that Detectron2 checkpoints carry them.
+that Detectron2 checkpoints carry them; ``build_priors`` makes a model's from its config.
 """
 import os
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from detectron2.data import MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from kern_d2.utils.file_modes import give_default_mode
+from kern_d2.config import resolve_variant
+from kern_d2.config_check import check_classes_match_config, check_priors_file
+from kern_d2.utils.atomic_write import atomic_write
 
 __all__ = [
     "CONSTRUCTIONS", "RELEASED_BOX_SCALE", "compute_priors", "compute_predicate_counts", "save_priors",
-    "load_priors", "check_construction", "KnowledgePriors",
+    "load_priors", "check_construction", "KnowledgePriors", "build_priors",
 ]
 
 # Pair enumeration for column 0 runs over chunks of images holding about this many ordered box pairs.
@@ -373,26 +375,16 @@ def save_priors(
         extra["predicate_counts"] = np.asarray(predicate_counts)
         _check_predicate_counts(extra["predicate_counts"], rel_prior.shape[2], f"save_priors({path})")
         extra["predicate_counts"] = extra["predicate_counts"].astype(np.int64)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".priors-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                obj_cooccurrence=obj_cooccurrence,
-                rel_prior=rel_prior,
-                thing_classes=np.array([str(x) for x in thing_classes], dtype=np.str_),
-                predicate_classes=np.array([str(x) for x in predicate_classes], dtype=np.str_),
-                construction=np.array(construction, dtype=np.str_),
-                **extra,
-            )
-        give_default_mode(tmp_path)  # mkstemp's 0600 would hide the file from the other users of a shared machine
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: np.savez(
+        f,
+        obj_cooccurrence=obj_cooccurrence,
+        rel_prior=rel_prior,
+        thing_classes=np.array([str(x) for x in thing_classes], dtype=np.str_),
+        predicate_classes=np.array([str(x) for x in predicate_classes], dtype=np.str_),
+        construction=np.array(construction, dtype=np.str_),
+        **extra,
+    ))
 
 
 def _check_names(path: str, kind: str, found: List[str], expected: Optional[Sequence[str]]) -> None:
@@ -599,3 +591,42 @@ class KnowledgePriors(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, num_predicates={self.num_predicates}, loaded={self._loaded}"
+
+
+def _dataset_metadata(cfg) -> Tuple[Optional[list], Optional[list], Optional[str]]:
+    """(thing_classes, predicate_classes, priors_file) of the first training (else test) dataset whose metadata has
+    class names; Nones when none has."""
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        meta = MetadataCatalog.get(name)
+        things, predicates = meta.get("thing_classes", None), meta.get("predicate_classes", None)
+        if things is not None and predicates is not None:
+            return list(things), list(predicates), meta.get("priors_file", None)
+    return None, None, None
+
+
+def build_priors(cfg) -> KnowledgePriors:
+    """Priors from ``PRIORS_FILE`` (else the dataset metadata's ``priors_file``), checked against the dataset's
+    class names and against ``PRIOR_CONSTRUCTION`` (kern_d2 / released, :func:`kern_d2.config.resolve_variant`);
+    uniform ones when ``USE_PRIORS`` is off; or empty buffers that a checkpoint must fill (checked at the first
+    forward)."""
+    check_priors_file(cfg)  # an absent file: one line naming the key and the fix
+    rel = cfg.MODEL.ROI_RELATION_HEAD
+    num_classes, num_predicates = cfg.MODEL.ROI_HEADS.NUM_CLASSES, rel.NUM_PREDICATES
+    # A model of other sizes than its datasets would fail later, obscurely.
+    check_classes_match_config(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST), num_classes, num_predicates)
+    things, predicates, metadata_priors_file = _dataset_metadata(cfg)
+    if not rel.USE_PRIORS:
+        return KnowledgePriors.uniform(num_classes, num_predicates)
+    path = rel.PRIORS_FILE or metadata_priors_file
+    if not path:
+        return KnowledgePriors.empty(num_classes, num_predicates)
+    # A file built otherwise (kern_d2 / released construction) than the config's PRIOR_CONSTRUCTION is refused.
+    construction = resolve_variant(cfg)["PRIOR_CONSTRUCTION"]
+    priors = KnowledgePriors.from_file(path, things, predicates, construction=construction)
+    if priors.rel_prior.shape != (num_classes, num_classes, num_predicates):
+        raise ValueError(
+            f"priors file {path}: rel_prior has shape {tuple(priors.rel_prior.shape)} but the config asks for "
+            f"{num_classes} classes (MODEL.ROI_HEADS.NUM_CLASSES) and {num_predicates} predicates "
+            "(MODEL.ROI_RELATION_HEAD.NUM_PREDICATES)"
+        )
+    return priors

@@ -7,14 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads import build_box_head
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from kern_d2.config import resolve_variant, sgg_mode  # noqa: F401 (sgg_mode: also imported from here)
-from kern_d2.config_check import check_classes_match_config, check_priors_file
 from kern_d2.layers import PairUnionPooler
 from kern_d2.structures import SceneGraphInstances, set_relation_predictions
 from kern_d2.utils.foreground_monitor import record_foreground_counts
@@ -26,50 +24,11 @@ from .long_tail import mean_cross_entropy as _mean_cross_entropy
 from .object_routing import ObjectRouting
 from . import released_sgdet
 from .pair_sampling import all_ordered_pairs, detected_pair_labels, gt_pair_labels, overlapping, sample_pairs
-from .priors import KnowledgePriors
+from .priors import KnowledgePriors, build_priors
 from .relation_heads import build_relation_head
 from .union_feature import ReleasedUnionFCHead, UnionFeatureExtractor
 
 logger = logging.getLogger(__name__)
-
-
-def _dataset_metadata(cfg) -> Tuple[Optional[list], Optional[list], Optional[str]]:
-    """(thing_classes, predicate_classes, priors_file) of the first training (else test) dataset whose metadata has
-    class names; Nones when none has."""
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
-        meta = MetadataCatalog.get(name)
-        things, predicates = meta.get("thing_classes", None), meta.get("predicate_classes", None)
-        if things is not None and predicates is not None:
-            return list(things), list(predicates), meta.get("priors_file", None)
-    return None, None, None
-
-
-def build_priors(cfg) -> KnowledgePriors:
-    """Priors from ``PRIORS_FILE`` (else the dataset metadata's ``priors_file``), checked against the dataset's
-    class names and against ``PRIOR_CONSTRUCTION`` (kern_d2 / released, :func:`kern_d2.config.resolve_variant`);
-    uniform ones when ``USE_PRIORS`` is off; or empty buffers that a checkpoint must fill (checked at the first
-    forward)."""
-    check_priors_file(cfg)  # an absent file: one line naming the key and the fix
-    rel = cfg.MODEL.ROI_RELATION_HEAD
-    num_classes, num_predicates = cfg.MODEL.ROI_HEADS.NUM_CLASSES, rel.NUM_PREDICATES
-    # A model of other sizes than its datasets would fail later, obscurely.
-    check_classes_match_config(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST), num_classes, num_predicates)
-    things, predicates, metadata_priors_file = _dataset_metadata(cfg)
-    if not rel.USE_PRIORS:
-        return KnowledgePriors.uniform(num_classes, num_predicates)
-    path = rel.PRIORS_FILE or metadata_priors_file
-    if not path:
-        return KnowledgePriors.empty(num_classes, num_predicates)
-    # A file built otherwise (kern_d2 / released construction) than the config's PRIOR_CONSTRUCTION is refused.
-    construction = resolve_variant(cfg)["PRIOR_CONSTRUCTION"]
-    priors = KnowledgePriors.from_file(path, things, predicates, construction=construction)
-    if priors.rel_prior.shape != (num_classes, num_classes, num_predicates):
-        raise ValueError(
-            f"priors file {path}: rel_prior has shape {tuple(priors.rel_prior.shape)} but the config asks for "
-            f"{num_classes} classes (MODEL.ROI_HEADS.NUM_CLASSES) and {num_predicates} predicates "
-            "(MODEL.ROI_RELATION_HEAD.NUM_PREDICATES)"
-        )
-    return priors
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -96,7 +55,8 @@ class KERNROIHeads(StandardROIHeads):
         require_overlap: SGDet test, only pairs whose boxes overlap are candidates.
         inference_pair_chunk: pairs routed at once at inference (bounds memory).
         object_loss_weight, relation_loss_weight: loss weights.
-        freeze_detector: the box head and predictor stay frozen (the paper's setting).
+        freeze_detector: the box head and predictor run without autograd; :class:`SceneGraphRCNN` freezes them
+            with the rest of the detector (the paper's setting).
         long_tail: the long-tail switches (:mod:`kern_d2.modeling.long_tail`).
         object_fc_head: ``OBJECT_FEATURES`` "finetuned": the trainable box-head copy that gives object features.
         sgdet_pipeline: ``SGDET_PIPELINE``, "kern_d2" or "released" (:mod:`kern_d2.modeling.released_sgdet`).
@@ -152,10 +112,6 @@ class KERNROIHeads(StandardROIHeads):
         # SGDET_PIPELINE "released": detections, training pairs and test-time labels as KERN's released code
         # (kern_d2/modeling/released_sgdet.py).
         self.released_sgdet = mode == "sgdet" and sgdet_pipeline == "released"
-        if freeze_detector:
-            for module in (self.box_head, self.box_predictor):
-                for param in module.parameters():
-                    param.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg, input_shape):

@@ -18,7 +18,8 @@ from kern_d2.evaluation.sgg_report import new_figure, save_figure, write_json
 
 __all__ = [
     "FIDELITY_MODELS", "MODELS", "MODES", "MODE_TITLES", "STUDY_METRICS", "StudyRun", "aggregate", "compare", "make_claims",
-    "markdown_report", "mode_overrides", "model_overrides", "models_of_mode", "plan_runs", "plot_metric_by_model",
+    "kern_leads", "markdown_report", "mode_overrides", "model_overrides", "models_of_mode", "modes_not_ahead",
+    "plan_runs", "plot_metric_by_model",
     "plot_per_predicate_comparison", "summarize", "scaled_schedule", "uses_released_priors", "variant_models", "write_report",
     "write_study_report", "merge_studies",
 ]
@@ -85,12 +86,24 @@ def models_of_mode(models: Sequence[str], mode: str, model_table: Dict[str, dict
     return [m for m in models if mode in model_table[m].get("modes", MODES)]
 
 
-def variant_models(variants: Dict[str, Dict[str, object]]) -> Dict[str, dict]:
-    """Entries of a model table for extra KERN variants: {name: {key: value}} (keys as :func:`model_overrides`)."""
+def variant_models(variants: Dict[str, Dict[str, object]],
+                   variant_modes: Optional[Dict[str, Sequence[str]]] = None) -> Dict[str, dict]:
+    """Entries of a model table for extra variants: {name: {key: value}} (keys as :func:`model_overrides`; KERN
+    unless the keys set NAME), each in the modes ``variant_modes[name]`` (default: every mode)."""
     clash = sorted(set(variants) & (set(MODELS) | set(FIDELITY_MODELS)))
     if clash:
         raise ValueError(f"variant names {clash} are study models already")
-    return {name: {"keys": dict({"NAME": "KERN"}, **keys)} for name, keys in variants.items()}
+    variant_modes = variant_modes or {}
+    for name, modes in variant_modes.items():
+        unknown = sorted(set(modes) - set(MODES))
+        if unknown:
+            raise ValueError(f"variant {name}: unknown modes {unknown}; modes: {', '.join(MODES)}")
+    table = {}
+    for name, keys in variants.items():
+        table[name] = {"keys": dict({"NAME": "KERN"}, **keys)}
+        if name in variant_modes:
+            table[name]["modes"] = tuple(variant_modes[name])
+    return table
 
 
 @dataclass
@@ -235,6 +248,22 @@ def make_claims(study: dict, metric: str = CLAIM_METRIC, baselines: Sequence[str
                             first_name="KERN" if first == "kern" else first)
             claims.append(dict({"mode": mode, "model": first, "baseline": second, "metric": metric}, **claim))
     return claims
+
+
+def kern_leads(study: dict, metric: str = CLAIM_METRIC) -> list:
+    """[(mode, KERN's mean, best baseline, its mean)] on ``metric`` of each mode of a study report (study.json)."""
+    leads = []
+    for mode, rows in study["modes"].items():
+        mean = {model: row["metrics"][metric]["mean"] for model, row in rows.items()}
+        baseline = max((m for m in mean if m != "kern"), key=mean.get)
+        leads.append((mode, mean["kern"], baseline, mean[baseline]))
+    return leads
+
+
+def modes_not_ahead(study: dict, margin: float, metric: str = CLAIM_METRIC) -> list:
+    """The modes of a study report where KERN does not lead its best baseline on ``metric`` by more than ``margin``
+    points (:func:`kern_leads`)."""
+    return [mode for mode, kern, _, value in kern_leads(study, metric) if not kern - value > margin]
 
 
 def frequency_groups(train_counts: Dict[str, int], names: Sequence[str]) -> Dict[str, List[str]]:
