@@ -67,6 +67,7 @@
 # see benchmarks/multi_gpu.py).
 # vg-scale sizes: VG_SCALE_<SIZE> (e.g. VG_SCALE_DETECTOR_ITERS, VG_SCALE_KERN_ITERS, VG_SCALE_TEST_IMAGES; see
 # benchmarks/vg_scale.py), VG_SCALE_BUDGET_S (training iterations are cut so that the rest fits).
+# STUDY_DATASET (default synth; toy: the toy dataset and configs, e.g. the recipe's divergence check of issue 26).
 # STUDY_OUTPUT (default /tmp/study): the study's folder on the machine, packed as $OUT/<its name>.tgz; studies of
 # several calls on one warm machine may share it (finished runs are reused) or use one each.
 # STUDY_TIMEOUT_S (default 480 s, a call of 600 s less the setup): the study stops then, and what finished is
@@ -143,7 +144,7 @@ for target in "${selected[@]}"; do
     study)
       # shellcheck disable=SC2086
       study_dir=${STUDY_OUTPUT:-/tmp/study}
-      run study timeout "${STUDY_TIMEOUT_S:-480}" python3 tools/run_study.py --dataset synth --device cuda \
+      run study timeout "${STUDY_TIMEOUT_S:-480}" python3 tools/run_study.py --dataset "${STUDY_DATASET:-synth}" --device cuda \
         --output "$study_dir" ${STUDY_ARGS:---jobs 16}
       tar czf "$out/$(basename "$study_dir").tgz" -C "$(dirname "$study_dir")" --exclude='*.pth' \
         --exclude='events.out.*' "$(basename "$study_dir")"

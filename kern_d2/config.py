@@ -150,6 +150,24 @@ VARIANTS = ("kern_d2", "released")
 VARIANT_SOLVER_POINTS = {"ADAM_EPS": (1e-8, 1e-3), "FC_LR_FACTOR": (1.0, 0.1)}
 
 
+# The recipe of the relation phases (PredCls / SGCls / SGDet training; STUDY.md "Recipe"), by variant: Adam with
+# gradient-norm clipping at 5 and no weight decay, BASE_LR at a reference total batch, scaled to SOLVER.IMS_PER_BATCH by
+# a rule. kern_d2 (Adam's eps 1e-8): square root, the scaling rule of adaptive optimizers (Malladi et al., NeurIPS
+# 2022). released (eps 1e-3): where gradients are far below eps, Adam's step is (lr / eps) x gradient, SGD's, so SGD's
+# linear rule; its reference is the released scripts' lr 1e-5 at batch 2. Detector configs keep Detectron2's SGD.
+RELATION_RECIPES = {
+    "kern_d2": {"OPTIMIZER": "ADAM", "BASE_LR": 1e-3, "IMS_PER_BATCH": 8, "SCALING": "sqrt", "CLIP_VALUE": 5.0},
+    "released": {"OPTIMIZER": "ADAM", "BASE_LR": 1e-5, "IMS_PER_BATCH": 2, "SCALING": "linear", "CLIP_VALUE": 5.0},
+}
+
+
+def relation_recipe_lr(variant: str, ims_per_batch: int) -> float:
+    """The relation phases' SOLVER.BASE_LR for a total batch of ``ims_per_batch`` images under ``variant``'s rule."""
+    recipe = RELATION_RECIPES[variant]
+    ratio = ims_per_batch / recipe["IMS_PER_BATCH"]
+    return recipe["BASE_LR"] * (ratio ** 0.5 if recipe["SCALING"] == "sqrt" else ratio)
+
+
 def resolve_variant(cfg) -> dict:
     """The effective value of every variant point of ``cfg``: an explicit key wins, else ``VARIANT``'s value.
 

@@ -6,7 +6,15 @@ import os
 import pytest
 from detectron2.config import get_cfg
 
-from kern_d2.config import VARIANT_POINTS, add_kern_config, resolve_variant
+from kern_d2.config import (
+    RELATION_RECIPES,
+    VARIANT_POINTS,
+    VARIANT_SOLVER_POINTS,
+    VARIANTS,
+    add_kern_config,
+    relation_recipe_lr,
+    resolve_variant,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
@@ -33,3 +41,34 @@ def test_vg_families_are_their_variant(family, column):
             assert resolved[key] == values[column], (path, key)
         priors = load(path).MODEL.ROI_RELATION_HEAD.PRIORS_FILE
         assert ("released" in os.path.basename(priors)) == (column == 1), path
+
+
+def _is_relation_config(cfg):
+    return cfg.MODEL.META_ARCHITECTURE == "SceneGraphRCNN"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_relation_phases_train_with_the_recipe(path):
+    """A relation config trains with its variant's recipe (Adam, clip 5, no weight decay, the lr of its batch by the
+    variant's scaling rule); a detector config keeps Detectron2's SGD. A new config cannot fall back silently."""
+    cfg = load(path)
+    solver = cfg.SOLVER
+    if not _is_relation_config(cfg):
+        assert solver.OPTIMIZER == "SGD", path
+        return
+    variant = cfg.MODEL.ROI_RELATION_HEAD.VARIANT
+    recipe = RELATION_RECIPES[variant]
+    assert solver.OPTIMIZER == recipe["OPTIMIZER"], path
+    assert solver.CLIP_GRADIENTS.ENABLED and solver.CLIP_GRADIENTS.CLIP_TYPE == "norm", path
+    assert solver.CLIP_GRADIENTS.CLIP_VALUE == recipe["CLIP_VALUE"], path
+    assert solver.WEIGHT_DECAY == 0.0, path
+    assert solver.BASE_LR == pytest.approx(relation_recipe_lr(variant, solver.IMS_PER_BATCH), rel=1e-9), path
+    assert resolve_variant(cfg)["ADAM_EPS"] == VARIANT_SOLVER_POINTS["ADAM_EPS"][VARIANTS.index(variant)], path
+
+
+def test_recipe_scaling_rules():
+    # kern_d2: square root from 1e-3 at batch 8; released: linear from 1e-5 at batch 2.
+    assert relation_recipe_lr("kern_d2", 8) == pytest.approx(1e-3)
+    assert relation_recipe_lr("kern_d2", 32) == pytest.approx(2e-3)
+    assert relation_recipe_lr("released", 2) == pytest.approx(1e-5)
+    assert relation_recipe_lr("released", 16) == pytest.approx(8e-5)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The recipe study of the relation phases (issue 26, STUDY.md "Recipe"), on the GPU machine in two calls:
+#   bash benchmarks/recipe_study.sh 1     # PredCls: SGD (shipped VG/OI/GQA and toy learning rates), VRFC at Adam 1e-3
+#   bash benchmarks/recipe_study.sh 2     # Adam at KERN's released lr scaled to batch 8; SGCls: shipped SGD vs Adam
+#   bash benchmarks/recipe_study.sh toy   # the toy configs' recipe: KERN and VRFC, every mode, seeds 0-2 (divergence)
+# Each part is one run of `run_gpu_checks.sh study` (18 runs at once, carried synth detector .pilot/study_detector.pth)
+# into its own folder ($OUT/recipe_<part>.tgz); tools/merge_study_reports.py merges them with the fidelity study's
+# KERN rows at Adam 1e-3 (same detector, same data). All runs: the synth schedule (800 iterations at batch 8, warmup
+# 50, step at 640); what changes is the optimizer, its learning rate and gradient clipping (norm 5 unless "noclip").
+set -euo pipefail
+part=${1:?usage: recipe_study.sh 1|2|toy}
+sgd="SOLVER.OPTIMIZER SGD SOLVER.WEIGHT_DECAY 0.0001"  # Base-KERN.yaml's SGD: momentum 0.9, weight decay 1e-4
+noclip="SOLVER.CLIP_GRADIENTS.ENABLED False"
+common="--models --seeds 0 1 2 --jobs 18 --detector-weights ${DETECTOR_WEIGHTS:-.pilot/study_detector.pth}"
+case $part in
+  1) args="--modes predcls $common
+      --variant kern_sgd_lr0.001=$sgd SOLVER.BASE_LR 0.001 $noclip
+      --variant vrfc_sgd_lr0.001=NAME VRFC $sgd SOLVER.BASE_LR 0.001 $noclip
+      --variant kern_sgd_lr0.02=$sgd SOLVER.BASE_LR 0.02 $noclip
+      --variant kern_sgd_lr0.02_clip5=$sgd SOLVER.BASE_LR 0.02
+      --variant vrfc_sgd_lr0.02_clip5=NAME VRFC $sgd SOLVER.BASE_LR 0.02
+      --variant vrfc_adam_lr1e-3=NAME VRFC" ;;
+  2) args="--modes predcls sgcls $common
+      --variant kern_adam_lr4e-5=SOLVER.BASE_LR 0.00004
+      --variant vrfc_adam_lr4e-5@predcls=NAME VRFC SOLVER.BASE_LR 0.00004
+      --variant kern_sgd_lr0.001@sgcls=$sgd SOLVER.BASE_LR 0.001 $noclip
+      --variant vrfc_sgd_lr0.001@sgcls=NAME VRFC $sgd SOLVER.BASE_LR 0.001 $noclip
+      --variant vrfc_adam_lr1e-3@sgcls=NAME VRFC" ;;
+  toy) # the chosen recipe on the toy data: seeds 0-2 of every mode must train without a FloatingPointError
+    STUDY_DATASET=toy STUDY_OUTPUT=/tmp/recipe_toy STUDY_TIMEOUT_S=${STUDY_TIMEOUT_S:-530} \
+      STUDY_ARGS="--models kern vrfc --seeds 0 1 2 --jobs 18" bash "$(dirname "$0")/run_gpu_checks.sh" study
+    exit ;;
+  *) echo "recipe_study.sh: part must be 1, 2 or toy, got $part" >&2; exit 2 ;;
+esac
+STUDY_OUTPUT=/tmp/recipe_$part STUDY_TIMEOUT_S=${STUDY_TIMEOUT_S:-530} STUDY_ARGS="$args" \
+  bash "$(dirname "$0")/run_gpu_checks.sh" study
