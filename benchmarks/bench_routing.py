@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""KERN's two routings, ours against literal implementations of the same equations (tests/routing_reference.py).
+"""KERN's two routings, ours against literal implementations of the same equations (tests/helpers/routing_reference.py).
 
   python benchmarks/bench_routing.py              # CUDA when available, else CPU at small sizes
   python benchmarks/bench_routing.py --compile    # also torch.compile(mode="reduce-overhead") variants
@@ -17,8 +17,6 @@ is the CUDA allocator's peak above the memory in use before the timed calls (inp
 variant; n/a on CPU and for CUDA graphs, whose memory pool the allocator's peak does not see).
 """
 import argparse
-import os
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Dict, List, Optional
@@ -27,7 +25,6 @@ import torch
 from torch import nn
 
 from common import (
-    ROOT,
     environment_header,
     format_gb,
     format_table,
@@ -37,11 +34,10 @@ from common import (
     targets_met,
 )
 
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
+# After common, which puts the repository root on sys.path (kern_d2, tests.helpers).
 from kern_d2.modeling.object_routing import ObjectRouting  # noqa: E402
 from kern_d2.modeling.relation_routing import GATE_IMPLS, RelationRouting  # noqa: E402
-from routing_reference import object_routing_literal, relation_routing_batched  # noqa: E402
+from tests.helpers.routing_reference import object_routing_literal, relation_routing_batched  # noqa: E402
 
 GPU_SIZES = dict(objects=64, classes=151, predicates=51, hidden=512, feature=1024, pairs_infer=4032, pairs_train=2048)
 CPU_SIZES = dict(objects=12, classes=151, predicates=51, hidden=64, feature=128, pairs_infer=512, pairs_train=256)

@@ -21,7 +21,7 @@ stand-in, the configs, each tool's log in output/multi_gpu/logs/ of the workdir)
 2. **Evaluation**: SGDet ``--eval-only`` on the stand-in's test split (>= 2,000 images) on 1 and N GPUs:
    sgg_metrics.json compared (the largest difference over the metrics and per-predicate recalls) and the wall times.
 3. **Faults**, KERN PredCls on N GPUs, checkpointing every ``--fault-checkpoint-period`` iterations (the functions
-   :func:`kill_check` and :func:`stall_check`, which tests/test_distributed_faults.py runs on CPU over gloo):
+   :func:`kill_check` and :func:`stall_check`, which tests/tools/test_distributed_faults.py runs on CPU over gloo):
    kill: ``kill -9`` of rank 1 right after the first checkpoint; the job must end non-zero within
    ``--fault-exit-bound-s`` with train_net.py's one-line message naming the rank and the checkpoint, leave no
    process behind, and ``--resume`` (the same command) must start from that checkpoint with its iteration count,
@@ -39,9 +39,9 @@ sgg_metrics.json. A step that fails is recorded (``failed``) and the next steps 
 
 Untested here: launching on GPUs needs a two-GPU machine, which the development machine is not. The pure parts
 (arguments, figures, ratios, the comparison of metrics, the table, the fault verdicts) are tested on CPU by
-tests/test_multi_gpu_report.py, and the fault checks themselves run on CPU processes over gloo in
-tests/test_distributed_faults.py. ``--smoke`` runs everything at tiny sizes (CPU processes over gloo where there is
-no GPU).
+tests/benchmarks/test_multi_gpu_report.py, and the fault checks themselves run on CPU processes over gloo in
+tests/tools/test_distributed_faults.py. ``--smoke`` runs everything at tiny sizes (CPU processes over gloo where
+there is no GPU).
 """
 import argparse
 import glob

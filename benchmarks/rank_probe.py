@@ -1,6 +1,6 @@
 """A ``--register`` file for tools/train_net.py, used by benchmarks/multi_gpu.py and its CPU test
-(tests/test_distributed_faults.py). train_net.py runs it in every process it starts (the launcher's ranks too), so
-what it patches into ``SGGTrainer`` acts on every rank. It registers no dataset.
+(tests/tools/test_distributed_faults.py). train_net.py runs it in every process it starts (the launcher's ranks too),
+so what it patches into ``SGGTrainer`` acts on every rank. It registers no dataset.
 
 - Always: after training and after each evaluation, each rank prints
   ``MULTI_GPU rank R peak_gpu_memory_gb A reserved_gb B`` (its GPU's peaks; nothing without CUDA).

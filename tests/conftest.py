@@ -1,5 +1,8 @@
-"""Shared fixtures: a small generated toy dataset, and a writer of synthetic VG-format datasets."""
+"""Shared fixtures: a small generated toy dataset, a writer of synthetic VG-format datasets, one torch thread for the
+modules that run models, and the tools' toy work folder of the end-to-end tests; the ``slow`` marker."""
 import os
+import shutil
+import tempfile
 from typing import List, Sequence
 
 import cv2
@@ -14,6 +17,9 @@ from kern_d2.data.datasets.vg_format import (
     write_vg_h5,
     xyxy_to_boxes_1024,
 )
+
+pytest.register_assert_rewrite("tests.helpers")  # before they are imported: pytest's messages in their asserts
+from tests.helpers.toy_tools import ToyTools, prepare_toy_tools  # noqa: E402
 
 # Size of the session toy dataset: train split (val included), val, test.
 TOY_NUM_TRAIN, TOY_NUM_VAL, TOY_NUM_TEST = 24, 6, 8
@@ -107,7 +113,45 @@ def vg_writer():
     return write_synthetic_vg
 
 
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One intra-op thread while a module runs (``pytestmark = pytest.mark.usefixtures("single_torch_thread")``): on
+    the 2 shared cores of the test machine the model's many small ops ran about 10 times faster so than with 2 threads
+    (which wait on each other when a core is busy)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def toy_tools() -> ToyTools:
+    """The toy dataset, a toy detector trained for DETECTOR_ITERS iterations and the priors, made by the tools
+    (tests/helpers/toy_tools.py). Its users run the tools in subprocesses: mark them ``@pytest.mark.slow``.
+
+    The work folder is a private temporary folder, not pytest's numbered base folder, which a concurrent pytest
+    session may clean up while these minutes-long tests run."""
+    work = tempfile.mkdtemp(prefix="kern_d2_tools_e2e_")
+    try:
+        yield prepare_toy_tools(ToyTools(work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The users of ``toy_tools`` must be marked slow, so that ``pytest -m "not slow"`` never starts the tools."""
+    unmarked = [item.nodeid for item in items
+                if "toy_tools" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("tests that use toy_tools need @pytest.mark.slow: " + ", ".join(unmarked))
+
+
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: end-to-end tests that run tools/*.py or train models in subprocesses (minutes); "
+        "pytest -m 'not slow' leaves them out")
     # One torch thread: on two cores the small tensors of these tests run several times faster than with two.
     import torch
 

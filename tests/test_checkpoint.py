@@ -21,7 +21,8 @@ from kern_d2.data.generators.toy import PREDICATES as TOY_PREDICATES
 from kern_d2.data.generators.toy import THING_CLASSES as TOY_CLASSES
 from kern_d2.modeling.priors import save_priors
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO_ROOT
+
 NUM_CLASSES, NUM_PREDICATES = len(TOY_CLASSES), len(TOY_PREDICATES) + 1
 
 
@@ -39,7 +40,7 @@ def toy_cfg(config: str, priors_file: str = "", **overrides):
     """A toy config (configs/toy/<config>.yaml) with no datasets; ``overrides``: KEY__SUBKEY=value."""
     cfg = get_cfg()
     add_kern_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs", "toy", f"{config}.yaml"))
+    cfg.merge_from_file(os.path.join(REPO_ROOT, "configs", "toy", f"{config}.yaml"))
     opts = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "MODEL.ROI_RELATION_HEAD.PRIORS_FILE", priors_file]
     for key, value in overrides.items():
         opts += [key.replace("__", "."), str(value)]

@@ -34,9 +34,9 @@ from kern_d2.modeling.priors import build_priors, save_priors
 from kern_d2.modeling.priors_summary import summarize_priors
 from kern_d2.utils.cli import one_line_errors, quiet_dependency_warnings
 
-from tool_modules import load_tool
+from tests.helpers import REPO_ROOT
+from tests.helpers.tool_modules import load_tool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREDICATES = ["__no_relation__"] + TOY_PREDICATES
 PRIORS_KEY = "MODEL.ROI_RELATION_HEAD.PRIORS_FILE"
 
@@ -59,7 +59,7 @@ def toy(toy_dataset_root, tmp_path_factory):
     priors_a, priors_b = random_priors(folder / "a.npz", 0), random_priors(folder / "b.npz", 1)
 
     def cfg(config="kern_predcls", *opts, freeze=True):
-        return load_config(os.path.join(ROOT, "configs", "toy", f"{config}.yaml"), [
+        return load_config(os.path.join(REPO_ROOT, "configs", "toy", f"{config}.yaml"), [
             "DATASETS.TRAIN", f"('{prefix}_train',)", "DATASETS.TEST", f"('{prefix}_test',)", "MODEL.WEIGHTS", "",
             PRIORS_KEY, priors_a, "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192", *opts], freeze=freeze)
 
@@ -82,11 +82,11 @@ def toy(toy_dataset_root, tmp_path_factory):
 def test_unknown_keys_get_did_you_mean_from_the_file_and_the_command_line(tmp_path):
     config = tmp_path / "my.yaml"
     config.write_text('_BASE_: "%s"\nMODEL:\n  ROI_RELATION_HEAD:\n    PRIOR_FILE: "x.npz"\n'
-                      % os.path.join(ROOT, "configs", "toy", "kern_predcls.yaml"))
+                      % os.path.join(REPO_ROOT, "configs", "toy", "kern_predcls.yaml"))
     with pytest.raises(ConfigError, match=rf"^{config}: unknown config key MODEL\.ROI_RELATION_HEAD\.PRIOR_FILE; "
                                           rf"did you mean {PRIORS_KEY}\?$"):
         load_config(str(config))
-    toy_config = os.path.join(ROOT, "configs", "toy", "kern_predcls.yaml")
+    toy_config = os.path.join(REPO_ROOT, "configs", "toy", "kern_predcls.yaml")
     with pytest.raises(ConfigError, match=rf"command line: unknown config key MODEL\.PRIORS_FILE; did you mean "
                                           rf"{PRIORS_KEY}\?"):
         load_config(toy_config, ["MODEL.PRIORS_FILE", "x.npz"])
@@ -210,13 +210,14 @@ def test_config_errors_are_one_line_and_exit_2_with_the_traceback_on_demand(caps
         assert "Traceback (most recent call last)" in err and err.endswith("tool.py: error: bad\n")
 
 
+@pytest.mark.slow
 def test_train_net_stops_on_a_test_set_typo_before_building_anything(toy_dataset_root, tmp_path):
     os.symlink(toy_dataset_root, tmp_path / "toy")  # the builtin toy_* names read $KERN_DATASETS/toy
-    env = dict(os.environ, KERN_DATASETS=str(tmp_path), PYTHONPATH=ROOT)
+    env = dict(os.environ, KERN_DATASETS=str(tmp_path), PYTHONPATH=REPO_ROOT)
     env.pop("KERN_DEBUG", None)
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file",
-         os.path.join(ROOT, "configs", "toy", "kern_predcls.yaml"), "OUTPUT_DIR", str(tmp_path / "out"),
+        [sys.executable, os.path.join(REPO_ROOT, "tools", "train_net.py"), "--config-file",
+         os.path.join(REPO_ROOT, "configs", "toy", "kern_predcls.yaml"), "OUTPUT_DIR", str(tmp_path / "out"),
          "DATASETS.TEST", '("toy_tset",)'], env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.splitlines() == [proc.stderr.strip()]  # one line
@@ -265,11 +266,12 @@ def test_register_runs_a_users_file_once_and_passes_it_to_child_processes(tmp_pa
         register_user_datasets([str(broken)], environ={})
 
 
+@pytest.mark.slow
 def test_compute_priors_registers_from_the_environment_and_prints_only_pairs_seen(tmp_path):
     name = f"pytest_env_{uuid.uuid4().hex[:6]}"
     script = write_registration(tmp_path, name)
-    env = dict(os.environ, KERN_REGISTER=str(script), PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "compute_priors.py"), "--dataset", name,
+    env = dict(os.environ, KERN_REGISTER=str(script), PYTHONPATH=REPO_ROOT)
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "compute_priors.py"), "--dataset", name,
                            "--output", str(tmp_path / "p.npz")], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     pairs = [line for line in proc.stdout.splitlines() if line.startswith("  p(")]

@@ -3,7 +3,7 @@ when a rank dies.
 
 - ``--dist-timeout-s`` (:func:`add_distributed_arguments`; default 1800 s, Detectron2's): the process groups'
   timeout. A collective (DDP's gradient all-reduce, the evaluator's gather, a barrier) that waits longer than this
-  for another rank fails: with gloo (CPU) the waiting rank raises (tests/test_distributed_faults.py), with NCCL
+  for another rank fails: with gloo (CPU) the waiting rank raises (tests/tools/test_distributed_faults.py), with NCCL
   torch's watchdog aborts it (SIGABRT, torch's default ``TORCH_NCCL_ASYNC_ERROR_HANDLING``; not yet seen on GPUs:
   benchmarks/multi_gpu.py's stall check). It also bounds how long the processes wait for each other at start-up
   (every machine must join within it), and applies to Detectron2's gloo group next to NCCL (its gathers: the
