@@ -76,6 +76,8 @@ def parse_study_args(argv: Optional[Sequence[str]] = None, *, root: str, doc: st
         variant_models(args.variants, args.variant_modes)
     except ValueError as e:
         parser.error(str(e))
+    if not args.models and not args.variants:
+        parser.error("nothing to study: give --models (or leave it out for all) or at least one --variant")
     if args.detector_weights and not os.path.isfile(args.detector_weights):
         parser.error(f"--detector-weights: no file {args.detector_weights}")
     if args.quick:

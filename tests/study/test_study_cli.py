@@ -27,7 +27,8 @@ def test_parse_study_args_resolves_defaults_and_variants(capsys):
     for argv, message in [(["--variant", "k1@nope=NUM_STEPS", "1"], "variant k1: unknown modes"),
                           (["--variant", "vrfc=NUM_STEPS", "1"], "are study models already"),
                           (["--jobs", "0"], "--jobs must be >= 1"),
-                          (["--dataset", "mine"], "has no default configs")]:
+                          (["--dataset", "mine"], "has no default configs"),
+                          (["--models"], "nothing to study")]:
         with pytest.raises(SystemExit):
             parse_study_args(argv, root=REPO_ROOT)
         assert message in capsys.readouterr().err
