@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The recipe study of the relation phases (issue 26, STUDY.md "Recipe"), on the GPU machine in two calls:
 #   bash benchmarks/recipe_study.sh 1     # PredCls: SGD (shipped VG/OI/GQA and toy learning rates), VRFC at Adam 1e-3
-#   bash benchmarks/recipe_study.sh 2     # Adam at KERN's released lr scaled to batch 8; SGCls: shipped SGD vs Adam
+#   bash benchmarks/recipe_study.sh 2     # Adam at KERN's released lr at batch 8 (1e-5 per image: 8e-5); SGCls: SGD vs Adam
 #   bash benchmarks/recipe_study.sh toy   # the toy configs' recipe: KERN and VRFC, every mode, seeds 0-2 (divergence)
 # Each part is one run of `run_gpu_checks.sh study` (18 runs at once, carried synth detector .pilot/study_detector.pth)
 # into its own folder ($OUT/recipe_<part>.tgz); tools/merge_study_reports.py merges them with the fidelity study's
@@ -21,8 +21,8 @@ case $part in
       --variant vrfc_sgd_lr0.02_clip5=NAME VRFC $sgd SOLVER.BASE_LR 0.02
       --variant vrfc_adam_lr1e-3=NAME VRFC" ;;
   2) args="--modes predcls sgcls $common
-      --variant kern_adam_lr4e-5=SOLVER.BASE_LR 0.00004
-      --variant vrfc_adam_lr4e-5@predcls=NAME VRFC SOLVER.BASE_LR 0.00004
+      --variant kern_adam_lr8e-5=SOLVER.BASE_LR 0.00008
+      --variant vrfc_adam_lr8e-5@predcls=NAME VRFC SOLVER.BASE_LR 0.00008
       --variant kern_sgd_lr0.001@sgcls=$sgd SOLVER.BASE_LR 0.001 $noclip
       --variant vrfc_sgd_lr0.001@sgcls=NAME VRFC $sgd SOLVER.BASE_LR 0.001 $noclip
       --variant vrfc_adam_lr1e-3@sgcls=NAME VRFC" ;;

@@ -323,6 +323,7 @@ def check_config(cfg, purpose: str, *, resume: bool = False) -> None:
             raise ConfigError("DATASETS.TRAIN is empty: name the dataset(s) to train on, e.g. DATASETS.TRAIN "
                               "'(\"my_train\",)'")
         _check_datasets(cfg, "DATASETS.TRAIN", cfg.DATASETS.TRAIN)
+        _check_datasets(cfg, "DATASETS.SGG.VAL", cfg.DATASETS.SGG.VAL)
         try:
             check_training_config(cfg)
         except ValueError as e:

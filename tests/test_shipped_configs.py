@@ -15,6 +15,7 @@ from kern_d2.config import (
     relation_recipe_lr,
     resolve_variant,
 )
+from kern_d2.engine import training_eval_datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
@@ -67,8 +68,24 @@ def test_relation_phases_train_with_the_recipe(path):
 
 
 def test_recipe_scaling_rules():
-    # kern_d2: square root from 1e-3 at batch 8; released: linear from 1e-5 at batch 2.
+    # kern_d2: square root from 1e-3 at batch 8; released: linear, 1e-5 per image (the scripts' `-lr 1e-5 -b 2`,
+    # multiplied by the batch in the released train_rels.py).
     assert relation_recipe_lr("kern_d2", 8) == pytest.approx(1e-3)
     assert relation_recipe_lr("kern_d2", 32) == pytest.approx(2e-3)
-    assert relation_recipe_lr("released", 2) == pytest.approx(1e-5)
-    assert relation_recipe_lr("released", 16) == pytest.approx(8e-5)
+    assert relation_recipe_lr("released", 2) == pytest.approx(2e-5)
+    assert relation_recipe_lr("released", 8) == pytest.approx(8e-5)
+    assert relation_recipe_lr("released", 16) == pytest.approx(1.6e-4)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_the_best_model_is_picked_on_a_val_split_never_on_the_test_split(path):
+    """A config that evaluates during training (TEST.EVAL_PERIOD > 0) evaluates, and picks model_best.pth on, the
+    val split of its training data; its DATASETS.TEST (what --eval-only reports) is never that split."""
+    cfg = load(path)
+    if cfg.TEST.EVAL_PERIOD <= 0:
+        return
+    during_training = training_eval_datasets(cfg)
+    assert during_training and all(name.endswith("_val") for name in during_training), path
+    assert {name[: -len("_val")] for name in during_training} == {name[: -len("_train")] for name in cfg.DATASETS.TRAIN}
+    if not os.path.basename(path).startswith("Base"):
+        assert all(name.endswith("_test") for name in cfg.DATASETS.TEST), path

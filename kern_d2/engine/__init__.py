@@ -24,6 +24,7 @@ from .trainer import (
     load_cfg,
     setup_cfg,
     share_cpu_cores,
+    training_eval_datasets,
     wrap_for_distributed,
 )
 
@@ -56,5 +57,6 @@ __all__ = [
     "select_images",
     "setup_cfg",
     "share_cpu_cores",
+    "training_eval_datasets",
     "wrap_for_distributed",
 ]

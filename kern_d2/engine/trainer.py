@@ -171,14 +171,33 @@ class SGGTrainer(DefaultTrainer):
             # Before the writers (main process only), with their period, so that they write the period's counts.
             writer = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter))
             hook_list.insert(writer, ForegroundMonitor(hook_list[writer]._period))
+        # DefaultTrainer's EvalHook evaluates DATASETS.TEST; during training kern_d2 evaluates DATASETS.SGG.VAL.
+        position = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook))
+        hook_list[position] = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self.evaluate_during_training)
         if is_sgg_model(self.cfg) and self.cfg.TEST.SGG.BEST_METRIC and self.cfg.TEST.EVAL_PERIOD > 0:
             # After EvalHook (which puts the metrics in storage) and before the writers.
-            position = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook)) + 1
+            position += 1
             best_saver = BestModelCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
             hook_list.insert(position, hooks.BestCheckpointer(
                 self.cfg.TEST.EVAL_PERIOD, best_saver, best_metric_key(self.cfg), mode="max"
             ))
         return hook_list
+
+
+    def evaluate_during_training(self):
+        """Evaluate the model on :func:`training_eval_datasets` (periodically and at the end of training)."""
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.DATASETS.TEST = training_eval_datasets(self.cfg)
+        cfg.freeze()
+        self._last_eval_results = self.test(cfg, self.model)
+        return self._last_eval_results
+
+
+def training_eval_datasets(cfg) -> tuple:
+    """The datasets evaluated during training, whose results pick ``model_best.pth``: ``DATASETS.SGG.VAL``, or
+    ``DATASETS.TEST`` when it is empty."""
+    return tuple(cfg.DATASETS.SGG.VAL) or tuple(cfg.DATASETS.TEST)
 
 
 class BestModelCheckpointer(SGGCheckpointer):
@@ -226,7 +245,8 @@ def divergence_message(iteration: int, lr: float, weights: str, last_checkpoint:
 
 def best_metric_key(cfg) -> str:
     """The storage key of TEST.SGG.BEST_METRIC as Detectron2's EvalHook flattens the evaluator's results:
-    ``sgg/<metric>`` for one test dataset, ``<first test dataset>/sgg/<metric>`` for several."""
+    ``sgg/<metric>`` for one dataset evaluated during training (:func:`training_eval_datasets`),
+    ``<first dataset>/sgg/<metric>`` for several."""
     metric = cfg.TEST.SGG.BEST_METRIC
     name, _, k = metric.rpartition("@")
     if not name or not k.isdigit() or int(k) not in tuple(cfg.TEST.SGG.KS):
@@ -234,9 +254,11 @@ def best_metric_key(cfg) -> str:
             f"TEST.SGG.BEST_METRIC {metric!r}: expected a recall at one of TEST.SGG.KS {tuple(cfg.TEST.SGG.KS)}, "
             "e.g. 'mR@100', 'R@50' or 'ng-mR@100'"
         )
-    if not len(cfg.DATASETS.TEST):
-        raise ValueError("TEST.EVAL_PERIOD > 0 and TEST.SGG.BEST_METRIC set, but DATASETS.TEST is empty")
-    return f"sgg/{metric}" if len(cfg.DATASETS.TEST) == 1 else f"{cfg.DATASETS.TEST[0]}/sgg/{metric}"
+    datasets = training_eval_datasets(cfg)
+    if not datasets:
+        raise ValueError("TEST.EVAL_PERIOD > 0 and TEST.SGG.BEST_METRIC set, but DATASETS.SGG.VAL and DATASETS.TEST "
+                         "are empty: name the dataset that picks the best model")
+    return f"sgg/{metric}" if len(datasets) == 1 else f"{datasets[0]}/sgg/{metric}"
 
 
 def load_cfg(args):

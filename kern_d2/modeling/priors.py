@@ -613,7 +613,8 @@ def build_priors(cfg) -> KnowledgePriors:
     rel = cfg.MODEL.ROI_RELATION_HEAD
     num_classes, num_predicates = cfg.MODEL.ROI_HEADS.NUM_CLASSES, rel.NUM_PREDICATES
     # A model of other sizes than its datasets would fail later, obscurely.
-    check_classes_match_config(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST), num_classes, num_predicates)
+    check_classes_match_config(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST) + list(cfg.DATASETS.SGG.VAL),
+                               num_classes, num_predicates)
     things, predicates, metadata_priors_file = _dataset_metadata(cfg)
     if not rel.USE_PRIORS:
         return KnowledgePriors.uniform(num_classes, num_predicates)

@@ -18,6 +18,7 @@ from tests.helpers.toy_tools import (
     MODE_CONFIGS,
     MODE_OPTS,
     NUM_TEST,
+    NUM_VAL,
     distributed_args,
     read_json_lines,
     read_sgg_metrics,
@@ -118,15 +119,40 @@ def test_best_checkpoint_is_kept_by_the_evaluators_mr100(toy_tools):
 
 
 def test_best_metric_key_follows_the_evaluator_results():
-    def cfg(metric, tests=("toy_test",), ks=(20, 50, 100)):
+    def cfg(metric, tests=("toy_test",), ks=(20, 50, 100), val=()):
         return SimpleNamespace(TEST=SimpleNamespace(SGG=SimpleNamespace(BEST_METRIC=metric, KS=ks)),
-                               DATASETS=SimpleNamespace(TEST=tests))
+                               DATASETS=SimpleNamespace(TEST=tests, SGG=SimpleNamespace(VAL=val)))
 
     assert best_metric_key(cfg("mR@100")) == "sgg/mR@100"
     assert best_metric_key(cfg("ng-R@50", tests=("a", "b"))) == "a/sgg/ng-R@50"
+    # Training evaluates DATASETS.SGG.VAL when it is set: its results are the ones in storage.
+    assert best_metric_key(cfg("R@50", tests=("a", "b"), val=("v",))) == "sgg/R@50"
+    assert best_metric_key(cfg("R@50", tests=("a",), val=("v", "w"))) == "v/sgg/R@50"
+    with pytest.raises(ValueError, match="DATASETS.SGG.VAL and DATASETS.TEST are empty"):
+        best_metric_key(cfg("R@50", tests=()))
     for metric, ks in [("mR@100", (20, 50)), ("mR", (20,)), ("mR@x", (20,))]:
         with pytest.raises(ValueError, match="TEST.SGG.BEST_METRIC"):
             best_metric_key(cfg(metric, ks=ks))
+
+
+@pytest.mark.slow
+def test_training_evaluates_the_val_split_and_eval_only_the_test_split(toy_tools):
+    # DATASETS.SGG.VAL: the evaluations during training (iteration 1 by EVAL_PERIOD 2, and the end) and the best
+    # model are the val split's; --eval-only of the same config reports DATASETS.TEST.
+    scratch = toy_tools.scratch("val")
+    train_dir, eval_dir = os.path.join(scratch, "train"), os.path.join(scratch, "eval")
+    val = ["DATASETS.SGG.VAL", "('toy_val',)"]
+    toy_tools.train_net(MODE_CONFIGS["predcls"], train_dir, *MODE_OPTS["predcls"], "SOLVER.MAX_ITER", "3", *val)
+    assert os.listdir(os.path.join(train_dir, "inference")) == ["toy_val"]
+    assert read_sgg_metrics(train_dir, "toy_val")["num_images"] == NUM_VAL
+    evaluations = [line for line in read_json_lines(os.path.join(train_dir, "metrics.json")) if "sgg/mR@100" in line]
+    assert [line["iteration"] for line in evaluations] == [1, 3]
+    assert os.path.isfile(os.path.join(train_dir, "model_best.pth"))
+
+    toy_tools.train_net(MODE_CONFIGS["predcls"], eval_dir, *MODE_OPTS["predcls"], *val, "MODEL.WEIGHTS",
+                        os.path.join(train_dir, "model_final.pth"), args=["--eval-only"])
+    assert os.listdir(os.path.join(eval_dir, "inference")) == ["toy_test"]
+    assert read_sgg_metrics(eval_dir)["num_images"] == NUM_TEST
 
 
 @pytest.mark.slow
