@@ -590,7 +590,8 @@ class MultiGPURun(VGScaleRun):
         shutil.rmtree(output_dir, ignore_errors=True)
         per_gpu = self.per_gpu_batch(phase)
         opts = [*self.smoke_opts, "SOLVER.IMS_PER_BATCH", str(per_gpu * gpus), "SOLVER.MAX_ITER", str(iters),
-                "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", *self.phase_opts(phase), "OUTPUT_DIR", output_dir]
+                "DATASETS.TEST", "()", "DATASETS.SGG.VAL", "()", "TEST.EVAL_PERIOD", "0", *self.phase_opts(phase),
+                "OUTPUT_DIR", output_dir]
         output = self.tool(step, "train_net.py", *launch_args(gpus), "--config-file", os.path.join(ROOT, CONFIGS[phase]),
                            *opts)
         figures = training_figures(output, output_dir, per_gpu * gpus)
@@ -637,7 +638,7 @@ class MultiGPURun(VGScaleRun):
                 os.path.join(ROOT, CONFIGS["predcls"]), *self.smoke_opts,
                 "SOLVER.IMS_PER_BATCH", str(per_gpu * a.gpus), "SOLVER.MAX_ITER", str(a.fault_iters),
                 "SOLVER.CHECKPOINT_PERIOD", str(a.fault_checkpoint_period), "DATASETS.TEST", "()",
-                "TEST.EVAL_PERIOD", "0", *self.phase_opts("predcls"), "OUTPUT_DIR", output_dir]
+                "DATASETS.SGG.VAL", "()", "TEST.EVAL_PERIOD", "0", *self.phase_opts("predcls"), "OUTPUT_DIR", output_dir]
 
     def fault(self, name: str):
         a = self.args

@@ -368,7 +368,7 @@ class VGScaleRun:
         the detector of this workdir, else from random init (the step's cost does not depend on its weights)."""
         iters = iters or self.state["steps"].get("predcls", {}).get("iters", MIN_ITERS)
         weights = [] if self.done("detector") else ["MODEL.WEIGHTS", "", "MODEL.UNTRAINED_DETECTOR", "calibrate"]
-        self.train("predcls", iters, "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", *weights,
+        self.train("predcls", iters, "DATASETS.TEST", "()", "DATASETS.SGG.VAL", "()", "TEST.EVAL_PERIOD", "0", *weights,
                    "DATALOADER.NUM_WORKERS", str(workers), step=f"predcls_workers{workers}")
 
     def loader_part(self):
