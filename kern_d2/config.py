@@ -155,15 +155,19 @@ VARIANT_SOLVER_POINTS = {"ADAM_EPS": (1e-8, 1e-3), "FC_LR_FACTOR": (1.0, 0.1)}
 
 
 # The recipe of the relation phases (PredCls / SGCls / SGDet training; STUDY.md "Recipe"), by variant: Adam with
-# gradient-norm clipping at 5 and no weight decay, BASE_LR at a reference total batch, scaled to SOLVER.IMS_PER_BATCH by
+# gradient clipping at 5 and no weight decay, BASE_LR at a reference total batch, scaled to SOLVER.IMS_PER_BATCH by
 # a rule. kern_d2 (Adam's eps 1e-8): square root, the scaling rule of adaptive optimizers (Malladi et al., NeurIPS
 # 2022). released (eps 1e-3): where gradients are far below eps, Adam's step is (lr / eps) x gradient, SGD's, so SGD's
-# linear rule; its reference is what the released scripts train with: `-lr 1e-5 -b 2` on one GPU, which
+# linear rule. Clipping: kern_d2 clips each tensor alone (Detectron2's "norm", the rule the study measured); released
+# clips the norm of all gradients together ("full_model", the released clip_grad_norm; kern_d2/solver.py). The released
+# reference lr is what the released scripts train with: `-lr 1e-5 -b 2` on one GPU, which
 # models/train_rels.py multiplies by batch x GPUs (get_optim(conf.lr * conf.num_gpus * conf.batch_size)), so 2e-5 at
 # batch 2, i.e. 1e-5 per image. Detector configs keep Detectron2's SGD.
 RELATION_RECIPES = {
-    "kern_d2": {"OPTIMIZER": "ADAM", "BASE_LR": 1e-3, "IMS_PER_BATCH": 8, "SCALING": "sqrt", "CLIP_VALUE": 5.0},
-    "released": {"OPTIMIZER": "ADAM", "BASE_LR": 2e-5, "IMS_PER_BATCH": 2, "SCALING": "linear", "CLIP_VALUE": 5.0},
+    "kern_d2": {"OPTIMIZER": "ADAM", "BASE_LR": 1e-3, "IMS_PER_BATCH": 8, "SCALING": "sqrt",
+                "CLIP_TYPE": "norm", "CLIP_VALUE": 5.0},
+    "released": {"OPTIMIZER": "ADAM", "BASE_LR": 2e-5, "IMS_PER_BATCH": 2, "SCALING": "linear",
+                 "CLIP_TYPE": "full_model", "CLIP_VALUE": 5.0},
 }
 
 

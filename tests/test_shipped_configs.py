@@ -60,7 +60,7 @@ def test_relation_phases_train_with_the_recipe(path):
     variant = cfg.MODEL.ROI_RELATION_HEAD.VARIANT
     recipe = RELATION_RECIPES[variant]
     assert solver.OPTIMIZER == recipe["OPTIMIZER"], path
-    assert solver.CLIP_GRADIENTS.ENABLED and solver.CLIP_GRADIENTS.CLIP_TYPE == "norm", path
+    assert solver.CLIP_GRADIENTS.ENABLED and solver.CLIP_GRADIENTS.CLIP_TYPE == recipe["CLIP_TYPE"], path
     assert solver.CLIP_GRADIENTS.CLIP_VALUE == recipe["CLIP_VALUE"], path
     assert solver.WEIGHT_DECAY == 0.0, path
     assert solver.BASE_LR == pytest.approx(relation_recipe_lr(variant, solver.IMS_PER_BATCH), rel=1e-9), path
