@@ -6,8 +6,8 @@
 #   bash benchmarks/recipe_study.sh lr    # PredCls: KERN and VRFC at Adam 8e-5 and, beside them, at Adam 1e-3 (12 runs)
 #   bash benchmarks/recipe_study.sh 2-cpu # SGCls of part 2 on this machine's CPUs (2 runs at once, one thread each;
 #                                         # 2 cores: ~70 min), into /tmp/recipe_cpu
-# Each part is one run of `run_gpu_checks.sh study` (18 runs at once, carried synth detector .pilot/study_detector.pth)
-# into its own folder ($OUT/recipe_<part>.tgz); tools/merge_study_reports.py merges them with the fidelity study's
+# Parts 1, 2, lr and toy are each one run of `run_gpu_checks.sh study` (up to 18 runs at once, carried synth detector
+# .pilot/study_detector.pth) into its own folder ($OUT/recipe_<part>.tgz); tools/merge_study_reports.py merges them with the fidelity study's
 # KERN rows at Adam 1e-3 (same detector, same data). All runs: the synth schedule (800 iterations at batch 8, warmup
 # 50, step at 640); what changes is the optimizer, its learning rate and gradient clipping (norm 5 unless "noclip").
 set -euo pipefail
