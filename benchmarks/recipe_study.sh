@@ -8,7 +8,8 @@
 #                                         # 2 cores: ~70 min), into /tmp/recipe_cpu
 # Parts 1, 2, lr and toy are each one run of `run_gpu_checks.sh study` (up to 18 runs at once) into its own folder
 # ($OUT/recipe_<part>.tgz); tools/merge_study_reports.py merges them with the fidelity study's KERN rows at Adam 1e-3
-# (same detector, same data). All runs: the synth schedule (800 iterations at batch 8, warmup 50, step at 640); what changes is the optimizer, its learning rate and gradient clipping (norm 5 unless "noclip").
+# (same detector, same data). All runs: the synth schedule (800 iterations at batch 8, warmup 50, step at 640); what
+# changes is the optimizer, its learning rate and gradient clipping (norm 5 unless "noclip").
 set -euo pipefail
 part=${1:?usage: recipe_study.sh 1|2|lr|2-cpu|toy}
 sgd="SOLVER.OPTIMIZER SGD SOLVER.WEIGHT_DECAY 0.0001"  # Base-KERN.yaml's SGD: momentum 0.9, weight decay 1e-4
